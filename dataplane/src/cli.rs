@@ -1,0 +1,117 @@
+//! Command-line interface. Each flag's doc comment is its `--help` text and
+//! states its default and unit.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::forward::ForwardMode;
+
+/// meshgate: a mesh gateway for Consul service meshes. It reads the SNI of
+/// each TLS ClientHello and forwards the still-encrypted connection to the
+/// endpoint its routing table names, on thread-per-core io_uring shards.
+#[derive(Debug, Parser)]
+#[command(name = "meshgate", version, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: listen, route by SNI, forward.
+    Serve(ServeArgs),
+    /// Validate a routes file and exit (0 when valid, 64 with the first
+    /// problem otherwise).
+    Check {
+        /// Routes file (TOML or JSON, by extension).
+        #[arg(long)]
+        routes: PathBuf,
+    },
+    /// Show which route a server name matches in a routes file, as one line
+    /// of JSON; exit 1 with `no route for NAME` when none does.
+    Lookup {
+        /// Routes file (TOML or JSON, by extension).
+        #[arg(long)]
+        routes: PathBuf,
+        /// The server name a client would send.
+        name: String,
+    },
+    /// Print the SNI Consul uses for a service, gateway, query, peer or
+    /// server, so you can see what a sidecar will send.
+    Sni {
+        /// Which kind of name.
+        #[command(subcommand)]
+        kind: crate::sni::SniKind,
+    },
+}
+
+/// Flags of `meshgate serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, as IP:PORT (repeatable). Port 0 picks a free
+    /// port, shared by every shard. Example: `--listen 0.0.0.0:8443 --listen [::]:8443`.
+    #[arg(long = "listen", required = true, value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+
+    /// Routes file, TOML or JSON by extension. It is watched: replace it
+    /// (write elsewhere, rename over) and the new table is used for new
+    /// connections; a bad file is refused and the old table stays. SIGHUP
+    /// re-reads it too.
+    #[arg(long, value_name = "FILE")]
+    pub routes: PathBuf,
+
+    /// Number of shards (threads, each pinned to a core with its own ring).
+    /// Default: the number of CPUs this process may run on.
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+
+    /// How bytes move once connected: `splice` (zero-copy through pooled
+    /// pipes) or `copy` (ring recv/send through provided buffers).
+    #[arg(long, value_enum, default_value = "splice")]
+    pub forward: ForwardMode,
+
+    /// Time a client has to send its whole ClientHello, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub hello_timeout_ms: u64,
+
+    /// Upstream connect timeout for routes that set no
+    /// `connect_timeout_ms`, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub connect_timeout_ms: u64,
+
+    /// Close a connection after this many seconds without a byte either way.
+    #[arg(long, value_name = "SECS", default_value_t = 3_600)]
+    pub idle_timeout_secs: u64,
+
+    /// After SIGTERM or SIGINT, seconds established connections get to
+    /// finish before they are closed.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub drain_timeout_secs: u64,
+
+    /// Most connections open at once, across all shards; more are closed at
+    /// accept and counted.
+    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    pub max_connections: usize,
+
+    /// Bytes per pipe in the splice engine (rounded up by the kernel to a
+    /// power-of-two number of pages; limited by fs.pipe-max-size).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub pipe_size: usize,
+
+    /// Number of buffers per shard in the copy engine (power of two).
+    #[arg(long, value_name = "N", default_value_t = 512)]
+    pub copy_buffers: u16,
+
+    /// Bytes per buffer in the copy engine.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
+    pub copy_buffer_size: usize,
+
+    /// Admin HTTP listener (`/ready`, `/metrics`, `/routes`) as IP:PORT, or
+    /// `none` to disable it. Default: none.
+    #[arg(long, value_name = "ADDR|none", default_value = "none")]
+    pub admin: String,
+}

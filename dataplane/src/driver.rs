@@ -1,0 +1,186 @@
+//! The interface between a shard's connection logic and the kernel engine
+//! that performs its I/O.
+//!
+//! The shard speaks in completion terms: it asks for an operation under a
+//! [`Token`] and later receives one [`Completion`] (or, for multishot
+//! operations, several) carrying that token. [`crate::uring::Uring`] maps
+//! each request onto an io_uring submission; an epoll engine can emulate the
+//! same contract with readiness and non-blocking calls, so routing, limits,
+//! timeouts and counters are written once.
+//!
+//! Ownership rule every engine keeps: a descriptor or buffer named in a
+//! request must stay open/allocated until that request's final completion
+//! (one without [`Completion::more`]) has been delivered.
+
+use std::io;
+use std::os::fd::{OwnedFd, RawFd};
+use std::time::Duration;
+
+use crate::sys::RawSockAddr;
+
+/// What one operation is for. Packed into the low byte of a [`Token`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum OpKind {
+    /// Multishot accept on listener number `slot`.
+    Accept = 1,
+    /// Readiness of the shard's wake-up eventfd.
+    Wake,
+    /// `recv(MSG_PEEK)` of the ClientHello into a peek-group buffer.
+    Peek,
+    /// Waiting for more hello bytes (`POLLIN` with `SO_RCVLOWAT` set).
+    PeekPoll,
+    /// Connecting to the upstream.
+    Connect,
+    /// The timeout linked to a connect.
+    ConnectTimeout,
+    /// Client-to-upstream direction: waiting to read the client.
+    ReadClient,
+    /// Client-to-upstream direction: waiting to write the upstream.
+    WriteUpstream,
+    /// Upstream-to-client direction: waiting to read the upstream.
+    ReadUpstream,
+    /// Upstream-to-client direction: waiting to write the client.
+    WriteClient,
+    /// A cancellation request.
+    Cancel,
+    /// Re-arming an accept after a resource shortage.
+    AcceptRetry,
+}
+
+impl OpKind {
+    fn from_u8(v: u8) -> Option<OpKind> {
+        use OpKind::*;
+        [
+            Accept,
+            Wake,
+            Peek,
+            PeekPoll,
+            Connect,
+            ConnectTimeout,
+            ReadClient,
+            WriteUpstream,
+            ReadUpstream,
+            WriteClient,
+            Cancel,
+            AcceptRetry,
+        ]
+        .into_iter()
+        .find(|k| *k as u8 == v)
+    }
+}
+
+/// Names one operation: `slot` (connection slab index or listener number),
+/// a generation that catches a reused slot, and the [`OpKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Token(pub u64);
+
+impl Token {
+    /// Packs a token.
+    pub fn new(kind: OpKind, slot: u32, generation: u16) -> Token {
+        Token((u64::from(slot) << 32) | (u64::from(generation) << 16) | kind as u64)
+    }
+
+    /// The operation kind, or `None` for a value no engine produced.
+    pub fn kind(self) -> Option<OpKind> {
+        OpKind::from_u8(self.0 as u8)
+    }
+
+    /// The slab index or listener number.
+    pub fn slot(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+
+    /// The slot's generation when the operation was requested.
+    pub fn generation(self) -> u16 {
+        (self.0 >> 16) as u16
+    }
+}
+
+/// Which readiness a poll waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interest {
+    /// Bytes (or EOF, or an error) to read.
+    Read,
+    /// Room to write (or an error).
+    Write,
+}
+
+/// A finished (or, for multishot, progressing) operation.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion {
+    /// The token it was requested with.
+    pub token: Token,
+    /// The kernel's result: a count, an fd or a poll mask when `>= 0`, a
+    /// negated errno otherwise.
+    pub result: i32,
+    /// The provided buffer it filled, for buffer-selecting receives.
+    pub buffer: Option<u16>,
+    /// More completions will follow for this token (multishot).
+    pub more: bool,
+}
+
+impl Completion {
+    /// The result as `io::Result`.
+    pub fn io_result(&self) -> io::Result<u32> {
+        if self.result < 0 {
+            Err(io::Error::from_raw_os_error(-self.result))
+        } else {
+            Ok(self.result as u32)
+        }
+    }
+}
+
+/// Provided-buffer groups a shard uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum Group {
+    /// Buffers that briefly hold a peeked ClientHello.
+    Peek = 0,
+    /// Buffers that carry data in the copy forwarding engine.
+    Io = 1,
+}
+
+/// The operations a shard needs from a kernel engine.
+pub trait Driver {
+    /// Starts a multishot accept on a listening socket. New connections come
+    /// back as non-blocking, close-on-exec descriptors in `result`.
+    fn accept(&mut self, token: Token, listener: RawFd);
+    /// Waits once for `interest` on `fd`.
+    fn poll(&mut self, token: Token, fd: RawFd, interest: Interest);
+    /// Waits (multishot) for `fd` to become readable; used for the eventfd.
+    fn poll_multi(&mut self, token: Token, fd: RawFd);
+    /// Receives into a buffer chosen from `group` when data arrives. With
+    /// `peek`, nothing is consumed from the socket.
+    fn recv(&mut self, token: Token, fd: RawFd, group: Group, peek: bool);
+    /// Sends `len` bytes of buffer `buffer` of `group`, starting at `offset`.
+    fn send(&mut self, token: Token, fd: RawFd, group: Group, buffer: u16, offset: u32, len: u32);
+    /// Connects `fd` to `addr`; gives up after `timeout`. Produces one
+    /// completion for `token` and one for `timeout_token`.
+    ///
+    /// `addr` must stay where it is until the connect's completion.
+    fn connect(
+        &mut self,
+        token: Token,
+        timeout_token: Token,
+        fd: RawFd,
+        addr: &RawSockAddr,
+        timeout: Duration,
+    );
+    /// Cancels every operation on `fd`. Produces one completion for `token`.
+    fn cancel_fd(&mut self, token: Token, fd: RawFd);
+    /// The first `len` bytes of a buffer a receive filled.
+    fn buffer(&self, group: Group, buffer: u16, len: usize) -> &[u8];
+    /// Gives a buffer back to its group.
+    fn recycle(&mut self, group: Group, buffer: u16);
+    /// Submits what was requested and waits up to `timeout` (forever if
+    /// `None`) for at least one completion; appends completions to `out`.
+    ///
+    /// # Errors
+    /// Only errors that leave the engine unusable.
+    fn wait(&mut self, timeout: Option<Duration>, out: &mut Vec<Completion>) -> io::Result<()>;
+    /// Takes ownership of the descriptor an accept completion carries.
+    /// `None` for any other completion or a failed accept. Call it once per
+    /// completion.
+    fn adopt(&mut self, c: &Completion) -> Option<OwnedFd>;
+}

@@ -1,0 +1,394 @@
+//! `meshgate serve`: loads the table, binds one SO_REUSEPORT socket per shard
+//! and address, starts the shards, then runs the control loop on the main
+//! thread: routes-file changes (inotify), SIGHUP, SIGTERM/SIGINT.
+//!
+//! Tables are parsed and built here, never on a shard, and an old table is
+//! freed here too once no shard holds it, so a large table costs the shards
+//! nothing but one atomic pointer swap.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use routing_table::{check_successor, Format, Table};
+use socket2::{Domain, Protocol, Socket, Type};
+use tracing::{error, info, warn};
+
+use crate::cli::ServeArgs;
+use crate::forward::ForwardMode;
+use crate::shard::{Shard, ShardConfig, Shared};
+use crate::stats::ShardStats;
+use crate::sys;
+use crate::uring::{Uring, UringConfig};
+
+/// Why `serve` stopped early; each maps to a distinct exit code.
+#[derive(Debug)]
+pub enum ServeError {
+    /// A flag is wrong (exit 64).
+    Usage(String),
+    /// The routes file does not parse or validate (exit 64).
+    Routes(String),
+    /// The routes file cannot be read (exit 66).
+    Unreadable(String),
+    /// A listen address cannot be bound (exit 73).
+    Bind(String),
+    /// The kernel refuses io_uring (exit 69).
+    NoUring(String),
+    /// Anything else (exit 70).
+    Internal(String),
+}
+
+impl ServeError {
+    /// The process exit code (sysexits.h).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ServeError::Usage(_) | ServeError::Routes(_) => 64,
+            ServeError::Unreadable(_) => 66,
+            ServeError::NoUring(_) => 69,
+            ServeError::Internal(_) => 70,
+            ServeError::Bind(_) => 73,
+        }
+    }
+}
+
+impl fmt::Display for ServeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServeError::Usage(m)
+            | ServeError::Routes(m)
+            | ServeError::Unreadable(m)
+            | ServeError::Bind(m)
+            | ServeError::NoUring(m)
+            | ServeError::Internal(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Reads and builds a routes file.
+///
+/// # Errors
+/// `Unreadable` when the file cannot be read, `Routes` (naming the file and
+/// the field) when it does not validate.
+pub fn load_routes(path: &Path) -> Result<Table, ServeError> {
+    let format = Format::from_path(path).ok_or_else(|| {
+        ServeError::Routes(format!(
+            "{}: routes file must end in .toml or .json",
+            path.display()
+        ))
+    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ServeError::Unreadable(format!("{}: {e}", path.display())))?;
+    Table::parse(&text, format).map_err(|e| ServeError::Routes(format!("{}: {e}", path.display())))
+}
+
+/// Runs the gateway until SIGTERM/SIGINT and the drain are over.
+///
+/// # Errors
+/// See [`ServeError`].
+pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
+    if args.admin != "none" {
+        return Err(ServeError::Usage(format!(
+            "--admin {}: the admin listener is not built yet; use --admin none",
+            args.admin
+        )));
+    }
+    if !args.copy_buffers.is_power_of_two() {
+        return Err(ServeError::Usage(format!(
+            "--copy-buffers {}: must be a power of two",
+            args.copy_buffers
+        )));
+    }
+    if args.copy_buffer_size == 0 || args.copy_buffer_size > 1 << 20 {
+        return Err(ServeError::Usage(format!(
+            "--copy-buffer-size {}: must be between 1 and 1048576",
+            args.copy_buffer_size
+        )));
+    }
+    let nofile = sys::raise_nofile_limit().unwrap_or(0);
+    let table = load_routes(&args.routes)?;
+    let cpus = sys::usable_cpus().map_err(|e| ServeError::Internal(format!("sched_getaffinity: {e}")))?;
+    let shards = args.shards.unwrap_or(cpus.len()).max(1);
+    if shards > 1024 {
+        return Err(ServeError::Usage(format!("--shards {shards}: at most 1024")));
+    }
+    info!(
+        version = env!("CARGO_PKG_VERSION"),
+        shards,
+        forward = args.forward.name(),
+        routes = table.len(),
+        table_version = %VersionDisplay(table.version()),
+        nofile,
+        "starting"
+    );
+    info!(version = %VersionDisplay(table.version()), routes = table.len(), "routes loaded");
+    let shared = Arc::new(Shared {
+        table: Arc::new(ArcSwap::from_pointee(table)),
+        stop: std::sync::atomic::AtomicBool::new(false),
+    });
+
+    // Bind every (address, shard) socket before starting anything.
+    let (bound, per_shard) = bind_all(&args.listen, shards)?;
+
+    // Signals go to the control loop only: block them before any thread starts.
+    let sigset = sys::block_signals(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT])
+        .map_err(|e| ServeError::Internal(format!("blocking signals: {e}")))?;
+    let signals = sys::signalfd(&sigset).map_err(|e| ServeError::Internal(format!("signalfd: {e}")))?;
+
+    let uring_cfg = UringConfig {
+        sq_entries: 1024,
+        peek_buffers: 256,
+        io_buffers: if args.forward == ForwardMode::Copy {
+            args.copy_buffers
+        } else {
+            0
+        },
+        io_buffer_size: args.copy_buffer_size,
+    };
+    let max_per_shard = args.max_connections.div_ceil(shards).max(1);
+    let (ready_tx, ready_rx) = mpsc::channel::<Result<(), io::Error>>();
+    let mut handles = Vec::with_capacity(shards);
+    for (id, listeners) in per_shard.into_iter().enumerate() {
+        let cfg = ShardConfig {
+            id,
+            forward: args.forward,
+            hello_timeout: Duration::from_millis(args.hello_timeout_ms.max(1)),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+            max_connections: max_per_shard,
+            pipe_size: args.pipe_size,
+            pipe_pool: 64,
+            drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+        };
+        let cpu = cpus.get(id % cpus.len().max(1)).copied();
+        let wake = Arc::new(sys::eventfd().map_err(|e| ServeError::Internal(format!("eventfd: {e}")))?);
+        let stats = Arc::new(ShardStats::default());
+        let handle = spawn_shard(
+            cfg,
+            cpu,
+            uring_cfg,
+            listeners,
+            Arc::clone(&wake),
+            Arc::clone(&shared),
+            Arc::clone(&stats),
+            ready_tx.clone(),
+        )?;
+        handles.push(ShardHandle {
+            wake,
+            _stats: stats,
+            thread: Some(handle),
+        });
+    }
+    drop(ready_tx);
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                stop_shards(&shared, &mut handles);
+                return Err(match e.raw_os_error() {
+                    Some(libc::EPERM | libc::ENOSYS | libc::EACCES) => ServeError::NoUring(format!(
+                        "io_uring is not available here ({e}); it may be disabled by \
+                         kernel.io_uring_disabled, a seccomp profile or a container policy"
+                    )),
+                    _ => ServeError::Internal(format!("starting a shard: {e}")),
+                });
+            }
+            Err(_) => {
+                stop_shards(&shared, &mut handles);
+                return Err(ServeError::Internal("a shard died while starting".into()));
+            }
+        }
+    }
+    for addr in &bound {
+        info!(address = %addr, shards, forward = args.forward.name(), "listening");
+    }
+
+    control_loop(&args.routes, &shared, &signals);
+    info!(drain_timeout_secs = args.drain_timeout_secs, "stopping: draining connections");
+    stop_shards(&shared, &mut handles);
+    info!("stopped");
+    Ok(())
+}
+
+struct ShardHandle {
+    wake: Arc<OwnedFd>,
+    _stats: Arc<ShardStats>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn stop_shards(shared: &Shared, handles: &mut [ShardHandle]) {
+    shared.stop.store(true, Ordering::Release);
+    for h in handles.iter() {
+        sys::eventfd_wake(h.wake.as_fd());
+    }
+    for h in handles.iter_mut() {
+        if let Some(thread) = h.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_shard(
+    cfg: ShardConfig,
+    cpu: Option<usize>,
+    uring_cfg: UringConfig,
+    listeners: Vec<OwnedFd>,
+    wake: Arc<OwnedFd>,
+    shared: Arc<Shared>,
+    stats: Arc<ShardStats>,
+    ready: mpsc::Sender<Result<(), io::Error>>,
+) -> Result<JoinHandle<()>, ServeError> {
+    std::thread::Builder::new()
+        .name(format!("meshgate-shard-{}", cfg.id))
+        .spawn(move || {
+            if let Some(cpu) = cpu {
+                if let Err(e) = sys::pin_to_cpu(cpu) {
+                    warn!(shard = cfg.id, cpu, error = %e, "cannot pin shard to its CPU");
+                }
+            }
+            // The ring is created on the thread that uses it (single issuer).
+            let driver = match Uring::new(&uring_cfg) {
+                Ok(d) => d,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
+            };
+            let id = cfg.id;
+            let shard = Shard::new(cfg, driver, listeners, wake, shared, stats);
+            let _ = ready.send(Ok(()));
+            if let Err(e) = shard.run() {
+                error!(shard = id, error = %e, "shard failed");
+            }
+        })
+        .map_err(|e| ServeError::Internal(format!("spawning a shard thread: {e}")))
+}
+
+/// Binds `shards` listening sockets per address; a port 0 is resolved by the
+/// first bind and reused for the rest. Returns the bound addresses and, per
+/// shard, its sockets.
+fn bind_all(
+    addrs: &[SocketAddr],
+    shards: usize,
+) -> Result<(Vec<SocketAddr>, Vec<Vec<OwnedFd>>), ServeError> {
+    let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
+    let mut bound = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let mut actual = *addr;
+        for sockets in per_shard.iter_mut() {
+            let socket = bind_one(&actual).map_err(|e| ServeError::Bind(format!("cannot listen on {addr}: {e}")))?;
+            if actual.port() == 0 {
+                actual = socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket())
+                    .ok_or_else(|| ServeError::Bind(format!("cannot learn the port bound for {addr}")))?;
+            }
+            sockets.push(OwnedFd::from(socket));
+        }
+        bound.push(actual);
+    }
+    Ok((bound, per_shard))
+}
+
+fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(*addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&(*addr).into())?;
+    socket.listen(4096)?;
+    Ok(socket)
+}
+
+/// Watches the routes file and signals until SIGTERM or SIGINT.
+fn control_loop(routes: &Path, shared: &Shared, signals: &OwnedFd) {
+    let dir = routes
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let file: OsString = routes.file_name().map(|f| f.to_os_string()).unwrap_or_default();
+    let watch = match sys::DirWatch::new(&dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            warn!(dir = %dir.display(), error = %e, "cannot watch the routes directory; only SIGHUP reloads");
+            None
+        }
+    };
+    let mut retired: Vec<Arc<Table>> = Vec::new();
+    loop {
+        let mut fds = vec![signals.as_fd()];
+        if let Some(w) = &watch {
+            fds.push(w.as_fd());
+        }
+        let ready = match sys::poll_readable(&fds, 1000) {
+            Ok(r) => r,
+            Err(e) => {
+                error!(error = %e, "control loop poll failed");
+                return;
+            }
+        };
+        // Free tables no shard holds any more, here rather than on a shard.
+        retired.retain(|t| Arc::strong_count(t) > 1);
+        if ready[0] {
+            match sys::read_signal(signals.as_fd()) {
+                Ok(sig) if sig == libc::SIGHUP as u32 => {
+                    info!("SIGHUP: re-reading routes");
+                    reload(routes, shared, &mut retired);
+                }
+                Ok(_) => return,
+                Err(e) => warn!(error = %e, "reading signalfd"),
+            }
+        }
+        if ready.get(1).copied().unwrap_or(false) {
+            if let Some(w) = &watch {
+                if w.names(&file) {
+                    reload(routes, shared, &mut retired);
+                }
+            }
+        }
+    }
+}
+
+fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
+    let table = match load_routes(routes) {
+        Ok(t) => t,
+        Err(e) => {
+            error!(error = %e, "routes refused; keeping the current table");
+            return;
+        }
+    };
+    let current = shared.table.load();
+    if let Err(e) = check_successor(current.version(), table.version()) {
+        error!(error = %format!("{}: {e}", routes.display()), "routes refused; keeping the current table");
+        return;
+    }
+    let (version, count) = (table.version(), table.len());
+    let old = shared.table.swap(Arc::new(table));
+    retired.push(old);
+    info!(version = %VersionDisplay(version), routes = count, "routes loaded");
+}
+
+/// Prints a table version, or `none`.
+pub struct VersionDisplay(pub Option<u64>);
+
+impl fmt::Display for VersionDisplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(v) => write!(f, "{v}"),
+            None => f.write_str("none"),
+        }
+    }
+}

@@ -1,0 +1,786 @@
+//! A shard: one thread, pinned to one core, with its own ring, listening
+//! sockets, connections, pipe pool and counters. Nothing here is shared with
+//! other shards except the routing table (read through `arc-swap`) and the
+//! stop flag.
+//!
+//! The life of a connection, phase by phase:
+//! 1. **Hello** (after accept): `recv(MSG_PEEK)` into a provided buffer,
+//!    parse. If the hello is not whole, set `SO_RCVLOWAT` to the bytes still
+//!    needed, wait for readiness and peek again. A deadline bounds the phase.
+//! 2. **Connecting**: look the name up once, pick an endpoint (per-shard
+//!    balancer), connect with a linked timeout; on refusal or timeout try the
+//!    next endpoint, each at most once.
+//! 3. **Forwarding**: two independent directions (see [`crate::forward`]).
+//!    The ClientHello is still queued in the client socket and is forwarded
+//!    like any other byte.
+//! 4. **Closing**: cancel what is in flight, wait for every completion, then
+//!    close descriptors and free the slot. Nothing an operation refers to is
+//!    released before its completion is reaped.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::{ArcSwap, Cache};
+use routing_table::{Balancer, RouteId, Table};
+use tracing::{debug, warn};
+
+use crate::driver::{Completion, Driver, Group, Interest, OpKind, Token};
+use crate::forward::{Dir, ForwardMode, Step};
+use crate::hello::{self, Outcome, MAX_HELLO_BYTES};
+use crate::pipes::PipePool;
+use crate::slab::Slab;
+use crate::stats::{CloseReason, ShardStats};
+use crate::sys;
+use crate::timers::{Deadline, TimerKind, Timers};
+
+/// Settings of one shard.
+#[derive(Debug, Clone)]
+pub struct ShardConfig {
+    /// Shard number, for logs.
+    pub id: usize,
+    /// How bytes are moved once connected.
+    pub forward: ForwardMode,
+    /// Time a client has to send its whole ClientHello.
+    pub hello_timeout: Duration,
+    /// Time without a byte either way after which a connection is closed.
+    pub idle_timeout: Duration,
+    /// Connect timeout for routes that set none.
+    pub connect_timeout: Duration,
+    /// Most connections this shard holds at once; more are shed at accept.
+    pub max_connections: usize,
+    /// Bytes per pipe in the splice engine.
+    pub pipe_size: usize,
+    /// Empty pipes kept for reuse.
+    pub pipe_pool: usize,
+    /// How long established connections may finish after a stop.
+    pub drain_timeout: Duration,
+}
+
+/// State shared by the control thread and every shard.
+#[derive(Debug)]
+pub struct Shared {
+    /// The routing table; swapped whole by the control thread.
+    pub table: Arc<ArcSwap<Table>>,
+    /// Set when the gateway should stop accepting and drain.
+    pub stop: AtomicBool,
+}
+
+/// The routing table as this shard last saw it. Connections that are
+/// connecting hold an `Rc` to it, so a swap never changes their endpoints,
+/// and drop it once connected so that old tables are freed.
+struct Epoch {
+    table: Arc<Table>,
+    generation: u32,
+}
+
+enum Phase {
+    Hello { peeked: usize },
+    Connecting {
+        epoch: Rc<Epoch>,
+        route: RouteId,
+        first: usize,
+        attempt: usize,
+    },
+    Forwarding,
+    Closing,
+}
+
+struct Conn {
+    client: OwnedFd,
+    upstream: Option<OwnedFd>,
+    phase: Phase,
+    /// Operations requested for this connection whose final completion has
+    /// not arrived. The slot (and its descriptors) is freed only at zero.
+    inflight: u32,
+    /// `SO_RCVLOWAT` was raised while waiting for the hello.
+    lowat_raised: bool,
+    dirs: [Dir; 2],
+    last_active_ms: u64,
+    accepted_ms: u64,
+    /// The endpoint in use: (epoch generation, route, endpoint index).
+    endpoint: Option<(u32, RouteId, usize)>,
+    reason: CloseReason,
+}
+
+/// Work that waits for a resource (a buffer or a pipe) to come back.
+#[derive(Debug, Clone, Copy)]
+enum Starved {
+    Peek,
+    Dir(usize),
+}
+
+/// One shard's state. Generic over the kernel engine.
+pub struct Shard<D: Driver> {
+    cfg: ShardConfig,
+    driver: D,
+    listeners: Vec<Option<OwnedFd>>,
+    wake: Arc<OwnedFd>,
+    shared: Arc<Shared>,
+    table_cache: Cache<Arc<ArcSwap<Table>>, Arc<Table>>,
+    epoch: Rc<Epoch>,
+    balancer: Balancer,
+    conns: Slab<Conn>,
+    pipes: PipePool,
+    timers: Timers,
+    stats: Arc<ShardStats>,
+    scratch: Box<[u8]>,
+    starved: Vec<(u32, u16, Starved)>,
+    completions: Vec<Completion>,
+    start: Instant,
+    now_ms: u64,
+    accept_retry_at: Option<u64>,
+    draining_until: Option<u64>,
+}
+
+const ACCEPT_BACKOFF_MS: u64 = 50;
+
+impl<D: Driver> Shard<D> {
+    /// A shard that serves `listeners` with `driver`.
+    pub fn new(
+        cfg: ShardConfig,
+        driver: D,
+        listeners: Vec<OwnedFd>,
+        wake: Arc<OwnedFd>,
+        shared: Arc<Shared>,
+        stats: Arc<ShardStats>,
+    ) -> Shard<D> {
+        let mut table_cache = Cache::new(Arc::clone(&shared.table));
+        let table = Arc::clone(table_cache.load());
+        let balancer = Balancer::new(&table, cfg.id as u64 + 1);
+        Shard {
+            pipes: PipePool::new(cfg.pipe_size, cfg.pipe_pool),
+            conns: Slab::new(cfg.max_connections),
+            cfg,
+            driver,
+            listeners: listeners.into_iter().map(Some).collect(),
+            wake,
+            shared,
+            table_cache,
+            epoch: Rc::new(Epoch {
+                table,
+                generation: 0,
+            }),
+            balancer,
+            timers: Timers::default(),
+            stats,
+            scratch: vec![0u8; MAX_HELLO_BYTES].into_boxed_slice(),
+            starved: Vec::new(),
+            completions: Vec::with_capacity(1024),
+            start: Instant::now(),
+            now_ms: 0,
+            accept_retry_at: None,
+            draining_until: None,
+        }
+    }
+
+    /// Runs until stopped and drained.
+    ///
+    /// # Errors
+    /// Only when the engine fails in a way that leaves it unusable.
+    pub fn run(mut self) -> io::Result<()> {
+        for index in 0..self.listeners.len() {
+            self.arm_accept(index);
+        }
+        self.driver
+            .poll_multi(Token::new(OpKind::Wake, 0, 0), self.wake.as_raw_fd());
+        loop {
+            let timeout = self.next_timeout();
+            let mut completions = std::mem::take(&mut self.completions);
+            completions.clear();
+            self.driver.wait(timeout, &mut completions)?;
+            self.now_ms = self.start.elapsed().as_millis() as u64;
+            for c in completions.drain(..) {
+                self.on_completion(c);
+            }
+            self.completions = completions;
+            self.retry_starved();
+            self.expire_timers();
+            if self.draining_until.is_some() && self.conns.is_empty() {
+                return Ok(());
+            }
+        }
+    }
+
+    fn next_timeout(&self) -> Option<Duration> {
+        let next = [
+            self.timers.next_at(),
+            self.accept_retry_at,
+            self.draining_until,
+        ]
+        .into_iter()
+        .flatten()
+        .min()?;
+        let now = self.start.elapsed().as_millis() as u64;
+        Some(Duration::from_millis(next.saturating_sub(now).max(1)))
+    }
+
+    fn arm_accept(&mut self, index: usize) {
+        if let Some(listener) = &self.listeners[index] {
+            self.driver
+                .accept(Token::new(OpKind::Accept, index as u32, 0), listener.as_raw_fd());
+        }
+    }
+
+    fn on_completion(&mut self, c: Completion) {
+        match c.token.kind() {
+            Some(OpKind::Accept) => self.on_accept(c),
+            Some(OpKind::Wake) => self.on_wake(),
+            Some(OpKind::AcceptRetry) => {}
+            Some(OpKind::Cancel) if c.token.slot() == u32::MAX => {}
+            Some(kind) => self.on_conn_completion(kind, c),
+            None => warn!(shard = self.cfg.id, token = c.token.0, "completion with unknown token"),
+        }
+    }
+
+    fn on_wake(&mut self) {
+        sys::eventfd_drain(self.wake.as_fd());
+        if self.shared.stop.load(Ordering::Acquire) && self.draining_until.is_none() {
+            self.draining_until = Some(self.now_ms + self.cfg.drain_timeout.as_millis() as u64);
+            // Closing a listener also ends its multishot accept.
+            for listener in &mut self.listeners {
+                if let Some(fd) = listener.take() {
+                    let raw = fd.as_raw_fd();
+                    // Cancel first: the accept must complete before the fd
+                    // number can be reused; the ring holds its own reference.
+                    self.driver
+                        .cancel_fd(Token::new(OpKind::Cancel, u32::MAX, 0), raw);
+                    drop(fd);
+                }
+            }
+            debug!(shard = self.cfg.id, active = self.conns.len(), "draining");
+        }
+    }
+
+    fn on_accept(&mut self, c: Completion) {
+        let index = c.token.slot() as usize;
+        match c.io_result() {
+            Ok(_) => {
+                if let Some(fd) = self.driver.adopt(&c) {
+                    self.admit(fd);
+                }
+            }
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    self.stats.accept_errors.add(1);
+                    warn!(shard = self.cfg.id, error = %e, "accept failed; shedding new connections for {ACCEPT_BACKOFF_MS} ms");
+                    if !c.more {
+                        self.accept_retry_at = Some(self.now_ms + ACCEPT_BACKOFF_MS);
+                    }
+                    return;
+                }
+                Some(libc::ECANCELED) | Some(libc::EBADF) | Some(libc::EINVAL) => return,
+                _ => {
+                    self.stats.accept_errors.add(1);
+                    debug!(shard = self.cfg.id, error = %e, "accept error");
+                }
+            },
+        }
+        if !c.more && self.draining_until.is_none() {
+            self.arm_accept(index);
+        }
+    }
+
+    /// Takes a new client connection into the Hello phase.
+    fn admit(&mut self, client: OwnedFd) {
+        if self.draining_until.is_some() {
+            return;
+        }
+        let now = self.now_ms;
+        let raw = client.as_raw_fd();
+        let inserted = self.conns.insert_with(|_, _| Conn {
+            client,
+            upstream: None,
+            phase: Phase::Hello { peeked: 0 },
+            inflight: 1,
+            lowat_raised: false,
+            dirs: [Dir::default(), Dir::default()],
+            last_active_ms: now,
+            accepted_ms: now,
+            endpoint: None,
+            reason: CloseReason::Done,
+        });
+        let Some((slot, generation)) = inserted else {
+            // The closure was not run, so the descriptor was dropped (closed).
+            self.stats.shed.add(1);
+            return;
+        };
+        self.stats.accepted.add(1);
+        self.stats.active.add(1);
+        self.driver
+            .recv(Token::new(OpKind::Peek, slot, generation), raw, Group::Peek, true);
+        self.timers.push(Deadline {
+            at_ms: now + self.cfg.hello_timeout.as_millis() as u64,
+            slot,
+            generation,
+            kind: TimerKind::Hello,
+        });
+    }
+
+    fn on_conn_completion(&mut self, kind: OpKind, c: Completion) {
+        let (slot, generation) = (c.token.slot(), c.token.generation());
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            // Cannot happen while slots outlive their operations; recycle
+            // a buffer so that it is not lost.
+            if let Some(bid) = c.buffer {
+                self.driver.recycle(buffer_group(kind), bid);
+            }
+            warn!(shard = self.cfg.id, ?kind, "completion for a freed slot");
+            return;
+        };
+        if !c.more {
+            conn.inflight -= 1;
+        }
+        if matches!(conn.phase, Phase::Closing) {
+            if let Some(bid) = c.buffer {
+                self.driver.recycle(buffer_group(kind), bid);
+            }
+            self.finish_if_idle(slot, generation);
+            return;
+        }
+        match kind {
+            OpKind::Peek => self.on_peek(slot, generation, c),
+            OpKind::PeekPoll => {
+                let raw = conn.client.as_raw_fd();
+                conn.inflight += 1;
+                self.driver
+                    .recv(Token::new(OpKind::Peek, slot, generation), raw, Group::Peek, true);
+            }
+            OpKind::Connect => self.on_connect(slot, generation, c),
+            OpKind::ConnectTimeout | OpKind::Cancel => {}
+            OpKind::ReadClient | OpKind::WriteUpstream => self.on_forward(slot, generation, 0, kind, c),
+            OpKind::ReadUpstream | OpKind::WriteClient => self.on_forward(slot, generation, 1, kind, c),
+            OpKind::Accept | OpKind::Wake | OpKind::AcceptRetry => unreachable!("not a connection op"),
+        }
+    }
+
+    /// Brings the shard's view of the table up to date (one atomic load).
+    fn refresh_table(&mut self) {
+        let current = self.table_cache.load();
+        if !Arc::ptr_eq(current, &self.epoch.table) {
+            let table = Arc::clone(current);
+            self.balancer = Balancer::new(&table, self.cfg.id as u64 + self.now_ms);
+            self.epoch = Rc::new(Epoch {
+                table,
+                generation: self.epoch.generation.wrapping_add(1),
+            });
+        }
+    }
+
+    fn on_peek(&mut self, slot: u32, generation: u16, c: Completion) {
+        let n = match c.io_result() {
+            Ok(0) => return self.close(slot, generation, CloseReason::ClientClosedEarly),
+            Ok(n) => n as usize,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                self.starved.push((slot, generation, Starved::Peek));
+                return;
+            }
+            Err(_) => return self.close(slot, generation, CloseReason::ClientError),
+        };
+        let Some(bid) = c.buffer else {
+            return self.close(slot, generation, CloseReason::ClientError);
+        };
+        self.refresh_table();
+        enum Decision {
+            Route(RouteId, usize),
+            Wait(usize),
+            Close(CloseReason),
+        }
+        let decision = {
+            let data = self.driver.buffer(Group::Peek, bid, n);
+            match hello::parse(data, &mut self.scratch) {
+                Outcome::Sni { name, .. } => match self.epoch.table.lookup(name) {
+                    Some(m) => {
+                        debug!(shard = self.cfg.id, sni = %String::from_utf8_lossy(name), route = %m.route.sni, "routed");
+                        Decision::Route(m.id, self.balancer.pick(&self.epoch.table, m.id))
+                    }
+                    None => {
+                        debug!(shard = self.cfg.id, sni = %String::from_utf8_lossy(name), "no route for name");
+                        Decision::Close(CloseReason::UnknownSni)
+                    }
+                },
+                Outcome::NeedMore { at_least } => Decision::Wait(at_least),
+                Outcome::NoSni => Decision::Close(CloseReason::NoSni),
+                Outcome::Invalid(e) => {
+                    debug!(shard = self.cfg.id, error = %e, "bad ClientHello");
+                    Decision::Close(CloseReason::BadHello(e.label()))
+                }
+            }
+        };
+        self.driver.recycle(Group::Peek, bid);
+        match decision {
+            Decision::Close(reason) => self.close(slot, generation, reason),
+            Decision::Route(route, first) => {
+                let epoch = Rc::clone(&self.epoch);
+                let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+                conn.phase = Phase::Connecting {
+                    epoch,
+                    route,
+                    first,
+                    attempt: 0,
+                };
+                self.start_connect(slot, generation);
+            }
+            Decision::Wait(at_least) => {
+                let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+                let Phase::Hello { peeked } = &mut conn.phase else { return };
+                if n <= *peeked {
+                    // Readiness came without new bytes: the client closed
+                    // (or failed) with half a hello.
+                    return self.close(slot, generation, CloseReason::ClientClosedEarly);
+                }
+                *peeked = n;
+                if sys::set_recv_lowat(conn.client.as_fd(), at_least).is_err() {
+                    return self.close(slot, generation, CloseReason::ClientError);
+                }
+                conn.lowat_raised = true;
+                conn.inflight += 1;
+                let raw = conn.client.as_raw_fd();
+                self.driver.poll(
+                    Token::new(OpKind::PeekPoll, slot, generation),
+                    raw,
+                    Interest::Read,
+                );
+            }
+        }
+    }
+
+    /// Dials the next endpoint of the connection's route.
+    fn start_connect(&mut self, slot: u32, generation: u16) {
+        let default_timeout = self.cfg.connect_timeout;
+        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Phase::Connecting {
+            epoch,
+            route,
+            first,
+            attempt,
+        } = &conn.phase
+        else {
+            return;
+        };
+        let route_ref = epoch.table.route(*route);
+        let index = (*first + *attempt) % route_ref.endpoints.len();
+        let addr = route_ref.endpoints[index].addr;
+        let timeout = route_ref.connect_timeout.unwrap_or(default_timeout);
+        let fd = match sys::tcp_socket(&addr) {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(shard = self.cfg.id, error = %e, "cannot create upstream socket");
+                return self.close(slot, generation, CloseReason::Resource);
+            }
+        };
+        let raw = fd.as_raw_fd();
+        conn.upstream = Some(fd);
+        conn.endpoint = Some((epoch.generation, *route, index));
+        conn.inflight += 2;
+        self.driver.connect(
+            Token::new(OpKind::Connect, slot, generation),
+            Token::new(OpKind::ConnectTimeout, slot, generation),
+            raw,
+            &sys::RawSockAddr::new(&addr),
+            timeout,
+        );
+    }
+
+    fn on_connect(&mut self, slot: u32, generation: u16, c: Completion) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        if let Err(e) = c.io_result() {
+            match e.raw_os_error() {
+                Some(libc::ECONNREFUSED) => self.stats.connect_refused.add(1),
+                Some(libc::ECANCELED | libc::ETIMEDOUT) => self.stats.connect_timeout.add(1),
+                _ => self.stats.connect_error.add(1),
+            }
+            let Phase::Connecting {
+                epoch,
+                route,
+                attempt,
+                ..
+            } = &mut conn.phase
+            else {
+                return;
+            };
+            let endpoints = epoch.table.route(*route).endpoints.len();
+            debug!(shard = self.cfg.id, error = %e, attempt = *attempt, "upstream connect failed");
+            // The connect is complete, so its socket may be closed now.
+            conn.upstream = None;
+            conn.endpoint = None;
+            *attempt += 1;
+            if *attempt < endpoints {
+                return self.start_connect(slot, generation);
+            }
+            return self.close(slot, generation, CloseReason::UpstreamUnreachable);
+        }
+        // Connected: forget the table, start both directions.
+        conn.phase = Phase::Forwarding;
+        if let Some((epoch, route, index)) = conn.endpoint {
+            if epoch == self.epoch.generation {
+                self.balancer.started(route, index);
+            }
+        }
+        let Some(upstream) = conn.upstream.as_ref() else { return };
+        if conn.lowat_raised {
+            let _ = sys::set_recv_lowat(conn.client.as_fd(), 1);
+            conn.lowat_raised = false;
+        }
+        let _ = sys::set_nodelay(conn.client.as_fd());
+        let _ = sys::set_nodelay(upstream.as_fd());
+        conn.last_active_ms = self.now_ms;
+        self.stats.forwarded.add(1);
+        self.timers.push(Deadline {
+            at_ms: self.now_ms + self.cfg.idle_timeout.as_millis() as u64,
+            slot,
+            generation,
+            kind: TimerKind::Idle,
+        });
+        for d in 0..2 {
+            self.arm_read(slot, generation, d);
+        }
+    }
+
+    fn arm_read(&mut self, slot: u32, generation: u16, d: usize) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(upstream) = conn.upstream.as_ref() else { return };
+        let src = if d == 0 { &conn.client } else { upstream }.as_raw_fd();
+        conn.inflight += 1;
+        let token = Token::new(read_kind(d), slot, generation);
+        match self.cfg.forward {
+            ForwardMode::Splice => self.driver.poll(token, src, Interest::Read),
+            ForwardMode::Copy => self.driver.recv(token, src, Group::Io, false),
+        }
+    }
+
+    fn on_forward(&mut self, slot: u32, generation: u16, d: usize, kind: OpKind, c: Completion) {
+        let now = self.now_ms;
+        let mode = self.cfg.forward;
+        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(upstream) = conn.upstream.as_ref() else { return };
+        let (src, dst) = if d == 0 {
+            (conn.client.as_fd(), upstream.as_fd())
+        } else {
+            (upstream.as_fd(), conn.client.as_fd())
+        };
+        let is_read = kind == read_kind(d);
+        let before = conn.dirs[d].bytes;
+        let step = match mode {
+            ForwardMode::Splice => conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result),
+            ForwardMode::Copy => conn.dirs[d].on_copy(&mut self.driver, is_read, c),
+        };
+        let moved = conn.dirs[d].bytes - before;
+        if moved > 0 {
+            conn.last_active_ms = now;
+            if d == 0 {
+                self.stats.bytes_to_upstream.add(moved);
+            } else {
+                self.stats.bytes_to_client.add(moved);
+            }
+        }
+        self.stats.pipes.sub(self.stats.pipes.get());
+        self.stats.pipes.add(self.pipes.live() as u64);
+        match step {
+            Step::Read => self.arm_read(slot, generation, d),
+            Step::Write => {
+                let raw = dst.as_raw_fd();
+                conn.inflight += 1;
+                let token = Token::new(write_kind(d), slot, generation);
+                match mode {
+                    ForwardMode::Splice => self.driver.poll(token, raw, Interest::Write),
+                    ForwardMode::Copy => conn.dirs[d].send_pending(&mut self.driver, token, raw),
+                }
+            }
+            Step::Eof => {
+                // Pass the half-close on; the other direction keeps going.
+                let _ = sys::shutdown_write(dst);
+                conn.dirs[d].finish();
+                if conn.dirs[1 - d].is_done() {
+                    self.close(slot, generation, CloseReason::Done);
+                }
+            }
+            Step::Starved => self.starved.push((slot, generation, Starved::Dir(d))),
+            Step::SourceFailed => {
+                let reason = if d == 0 {
+                    CloseReason::ClientError
+                } else {
+                    CloseReason::UpstreamError
+                };
+                self.close(slot, generation, reason)
+            }
+            Step::DestinationFailed => {
+                let reason = if d == 0 {
+                    CloseReason::UpstreamError
+                } else {
+                    CloseReason::ClientError
+                };
+                self.close(slot, generation, reason)
+            }
+        }
+    }
+
+    fn retry_starved(&mut self) {
+        if self.starved.is_empty() {
+            return;
+        }
+        for (slot, generation, what) in std::mem::take(&mut self.starved) {
+            let Some(conn) = self.conns.get_mut(slot, generation) else { continue };
+            if matches!(conn.phase, Phase::Closing) {
+                continue;
+            }
+            match what {
+                Starved::Peek => {
+                    let raw = conn.client.as_raw_fd();
+                    conn.inflight += 1;
+                    self.driver
+                        .recv(Token::new(OpKind::Peek, slot, generation), raw, Group::Peek, true);
+                }
+                Starved::Dir(d) => {
+                    // Resume as if the source were ready again.
+                    conn.inflight += 1;
+                    let token = Token::new(read_kind(d), slot, generation);
+                    let fake = Completion {
+                        token,
+                        result: 0,
+                        buffer: None,
+                        more: false,
+                    };
+                    match self.cfg.forward {
+                        ForwardMode::Splice => self.on_conn_completion(read_kind(d), Completion { result: libc::POLLIN as i32, ..fake }),
+                        ForwardMode::Copy => {
+                            conn.inflight -= 1;
+                            self.arm_read(slot, generation, d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn expire_timers(&mut self) {
+        while let Some(deadline) = self.timers.pop_due(self.now_ms) {
+            let (slot, generation) = (deadline.slot, deadline.generation);
+            let Some(conn) = self.conns.get_mut(slot, generation) else { continue };
+            match (deadline.kind, &conn.phase) {
+                (TimerKind::Hello, Phase::Hello { .. }) => {
+                    self.stats.hello_timeout.add(1);
+                    self.close(slot, generation, CloseReason::HelloTimeout);
+                }
+                (TimerKind::Idle, Phase::Forwarding) => {
+                    let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
+                    let due = conn.last_active_ms + idle_ms;
+                    if due <= self.now_ms {
+                        self.close(slot, generation, CloseReason::IdleTimeout);
+                    } else {
+                        self.timers.push(Deadline { at_ms: due, ..deadline });
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Some(at) = self.accept_retry_at {
+            if at <= self.now_ms {
+                self.accept_retry_at = None;
+                for index in 0..self.listeners.len() {
+                    self.arm_accept(index);
+                }
+            }
+        }
+        if let Some(until) = self.draining_until {
+            if until <= self.now_ms {
+                let open: Vec<(u32, u16)> = self.conns.occupied().collect();
+                for (slot, generation) in open {
+                    self.close(slot, generation, CloseReason::Shutdown);
+                }
+            }
+        }
+    }
+
+    /// Starts closing a connection: counts why, cancels what is in flight.
+    fn close(&mut self, slot: u32, generation: u16, reason: CloseReason) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        if matches!(conn.phase, Phase::Closing) {
+            return;
+        }
+        conn.phase = Phase::Closing;
+        conn.reason = reason;
+        match reason {
+            CloseReason::BadHello(_) => self.stats.bad_hello.add(1),
+            CloseReason::NoSni => self.stats.no_sni.add(1),
+            CloseReason::UnknownSni => self.stats.unknown_sni.add(1),
+            CloseReason::UpstreamUnreachable => self.stats.upstream_unreachable.add(1),
+            CloseReason::IdleTimeout => self.stats.idle_timeout.add(1),
+            _ => {}
+        }
+        // A reset on one side becomes a reset on the other.
+        match (reason, conn.upstream.as_ref()) {
+            (CloseReason::ClientError, Some(up)) => {
+                let _ = sys::set_linger_zero(up.as_fd());
+            }
+            (CloseReason::UpstreamError, _) => {
+                let _ = sys::set_linger_zero(conn.client.as_fd());
+            }
+            _ => {}
+        }
+        if conn.inflight > 0 {
+            let token = Token::new(OpKind::Cancel, slot, generation);
+            conn.inflight += 1;
+            self.driver.cancel_fd(token, conn.client.as_raw_fd());
+            if let Some(up) = conn.upstream.as_ref() {
+                conn.inflight += 1;
+                self.driver.cancel_fd(token, up.as_raw_fd());
+            }
+        }
+        self.finish_if_idle(slot, generation);
+    }
+
+    /// Frees a closing connection once nothing is in flight for it.
+    fn finish_if_idle(&mut self, slot: u32, generation: u16) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        if conn.inflight > 0 || !matches!(conn.phase, Phase::Closing) {
+            return;
+        }
+        let Some(mut conn) = self.conns.remove(slot) else { return };
+        for dir in &mut conn.dirs {
+            dir.release(&mut self.pipes, &mut self.driver);
+        }
+        if let Some((epoch, route, index)) = conn.endpoint {
+            if epoch == self.epoch.generation {
+                self.balancer.finished(route, index);
+            }
+        }
+        self.stats.active.sub(1);
+        debug!(
+            shard = self.cfg.id,
+            reason = conn.reason.label(),
+            to_upstream = conn.dirs[0].bytes,
+            to_client = conn.dirs[1].bytes,
+            ms = self.now_ms - conn.accepted_ms,
+            "connection closed"
+        );
+        // Dropping `conn` closes both sockets.
+    }
+}
+
+fn read_kind(d: usize) -> OpKind {
+    if d == 0 {
+        OpKind::ReadClient
+    } else {
+        OpKind::ReadUpstream
+    }
+}
+
+fn write_kind(d: usize) -> OpKind {
+    if d == 0 {
+        OpKind::WriteUpstream
+    } else {
+        OpKind::WriteClient
+    }
+}
+
+fn buffer_group(kind: OpKind) -> Group {
+    if kind == OpKind::Peek {
+        Group::Peek
+    } else {
+        Group::Io
+    }
+}

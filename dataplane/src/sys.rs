@@ -1,0 +1,434 @@
+//! Thin, safe wrappers over the few Linux system calls the data plane makes
+//! outside the ring: `splice(2)`, pipes, socket options, CPU affinity,
+//! eventfd, signals and resource limits.
+//!
+//! Every function here takes borrowed descriptors (`BorrowedFd`) or returns
+//! owned ones (`OwnedFd`), so no descriptor is closed twice or used after
+//! close. This module must not hold state; policy lives in the callers.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// Turns a `-1` return into the thread's `errno`.
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn cvt_size(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Moves up to `len` bytes from `from` to `to` without copying to user space,
+/// never blocking (`SPLICE_F_NONBLOCK | SPLICE_F_MOVE`; both sockets are
+/// `O_NONBLOCK`). One of the two must be a pipe.
+///
+/// # Errors
+/// `WouldBlock` when the source has nothing or the destination has no room;
+/// otherwise the kernel's error (`ECONNRESET`, `EPIPE`, ...).
+pub fn splice(from: BorrowedFd<'_>, to: BorrowedFd<'_>, len: usize) -> io::Result<usize> {
+    // SAFETY: both descriptors are borrowed, so open for the whole call; null
+    // offsets are valid for pipes and sockets.
+    let ret = unsafe {
+        libc::splice(
+            from.as_raw_fd(),
+            std::ptr::null_mut(),
+            to.as_raw_fd(),
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE,
+        )
+    };
+    cvt_size(ret)
+}
+
+/// Creates a non-blocking, close-on-exec pipe: `(read end, write end)`.
+///
+/// # Errors
+/// `EMFILE`/`ENFILE` when descriptors run out.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: `fds` is a valid array of two ints for the kernel to fill.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) })?;
+    // SAFETY: pipe2 succeeded, so both are fresh descriptors we now own.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sets a pipe's capacity (`F_SETPIPE_SZ`) and returns what the kernel chose.
+///
+/// # Errors
+/// `EPERM` above `fs.pipe-max-size` or once the user is over
+/// `fs.pipe-user-pages-soft` (without `CAP_SYS_RESOURCE`).
+pub fn set_pipe_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<usize> {
+    let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+    // SAFETY: fcntl with F_SETPIPE_SZ takes an int argument and a valid fd.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, size) }).map(|n| n as usize)
+}
+
+/// Bytes waiting in a pipe (`FIONREAD`).
+///
+/// # Errors
+/// Only if `fd` is not a pipe.
+pub fn pipe_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int through the pointer.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n) })?;
+    Ok(n as usize)
+}
+
+fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+    // SAFETY: the option value is a live int and its exact size is passed.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// Sets `SO_RCVLOWAT`: readiness (and a blocking peek) waits for this many
+/// bytes. Used to wait for the rest of a split ClientHello without consuming it.
+///
+/// # Errors
+/// The kernel's, for a descriptor that is not a socket.
+pub fn set_recv_lowat(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
+    let bytes = i32::try_from(bytes).unwrap_or(i32::MAX);
+    setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, bytes)
+}
+
+/// Arms `SO_LINGER` with a zero timeout, so that closing the socket sends a
+/// reset instead of a FIN. Used to pass a reset from one side to the other.
+///
+/// # Errors
+/// The kernel's, for a descriptor that is not a socket.
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the option value is a live `linger` and its exact size is passed.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}
+
+/// `shutdown(fd, SHUT_WR)`: passes a half-close on.
+///
+/// # Errors
+/// `ENOTCONN` when the peer is already gone.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed descriptor.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }).map(drop)
+}
+
+/// The CPUs this thread may run on (`sched_getaffinity`), in order.
+///
+/// # Errors
+/// The kernel's.
+pub fn usable_cpus() -> io::Result<Vec<usize>> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: the set is live and its exact size is passed.
+    cvt(unsafe { libc::sched_getaffinity(0, size_of::<libc::cpu_set_t>(), &mut set) })?;
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: `cpu` is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect())
+}
+
+/// Pins the calling thread to one CPU.
+///
+/// # Errors
+/// The kernel's (for example a CPU outside the cgroup's set).
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: `cpu` is a CPU number returned by `usable_cpus`, below CPU_SETSIZE.
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: the set is live and its exact size is passed.
+    cvt(unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) }).map(drop)
+}
+
+/// A non-blocking, close-on-exec eventfd, used to wake a shard.
+///
+/// # Errors
+/// `EMFILE`/`ENFILE`.
+pub fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success the descriptor is ours.
+    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: eventfd returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Adds one to an eventfd, waking whoever polls it.
+pub fn eventfd_wake(fd: BorrowedFd<'_>) {
+    let one: u64 = 1;
+    // SAFETY: writes 8 bytes from a live u64. A full counter (EAGAIN) means a
+    // wake-up is already pending, which is all we want.
+    let _ = unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
+/// Clears an eventfd's counter.
+pub fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut value: u64 = 0;
+    // SAFETY: reads 8 bytes into a live u64; EAGAIN (already clear) is fine.
+    let _ = unsafe { libc::read(fd.as_raw_fd(), (&mut value as *mut u64).cast(), 8) };
+}
+
+/// Blocks `signals` for the calling thread and every thread it starts later,
+/// so that they are delivered only through a signalfd.
+///
+/// # Errors
+/// The kernel's.
+pub fn block_signals(signals: &[libc::c_int]) -> io::Result<libc::sigset_t> {
+    // SAFETY: sigemptyset initialises the set before use.
+    let mut set: libc::sigset_t = unsafe { MaybeUninit::zeroed().assume_init() };
+    // SAFETY: `set` is live; signal numbers are valid constants.
+    unsafe {
+        libc::sigemptyset(&mut set);
+        for &sig in signals {
+            libc::sigaddset(&mut set, sig);
+        }
+    }
+    // SAFETY: `set` is initialised; the old mask is not wanted.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(set)
+}
+
+/// A close-on-exec signalfd for the (already blocked) signals in `set`.
+///
+/// # Errors
+/// The kernel's.
+pub fn signalfd(set: &libc::sigset_t) -> io::Result<OwnedFd> {
+    // SAFETY: `set` is an initialised sigset; -1 asks for a new descriptor.
+    let fd = cvt(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC) })?;
+    // SAFETY: signalfd returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads one signal number from a signalfd (blocking until one arrives).
+///
+/// # Errors
+/// The kernel's.
+pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    // SAFETY: a zeroed siginfo is a valid buffer.
+    let mut info: libc::signalfd_siginfo = unsafe { MaybeUninit::zeroed().assume_init() };
+    let want = size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reads exactly one siginfo into a live buffer of that size.
+    let n = cvt_size(unsafe {
+        libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), want)
+    })?;
+    if n != want {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short signalfd read"));
+    }
+    Ok(info.ssi_signo)
+}
+
+/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit; returns the new limit.
+///
+/// # Errors
+/// The kernel's.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a live rlimit.
+    cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: `lim` is a live, initialised rlimit.
+        cvt(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// Creates a non-blocking, close-on-exec TCP socket for `addr`'s family.
+///
+/// # Errors
+/// `EMFILE`/`ENFILE` when descriptors run out.
+pub fn tcp_socket(addr: &std::net::SocketAddr) -> io::Result<OwnedFd> {
+    let domain = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain syscall; on success the descriptor is ours.
+    let fd = cvt(unsafe {
+        libc::socket(
+            domain,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: socket returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sets `TCP_NODELAY`: meshgate forwards whole writes as they come and must
+/// not add Nagle's delay to small ones.
+///
+/// # Errors
+/// The kernel's.
+pub fn set_nodelay(fd: BorrowedFd<'_>) -> io::Result<()> {
+    setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, 1)
+}
+
+/// A socket address in the kernel's layout, kept where a ring operation can
+/// point at it.
+#[derive(Clone, Copy)]
+pub struct RawSockAddr {
+    storage: libc::sockaddr_storage,
+    len: libc::socklen_t,
+}
+
+impl RawSockAddr {
+    /// Converts a standard address.
+    pub fn new(addr: &std::net::SocketAddr) -> Self {
+        let sock = socket2::SockAddr::from(*addr);
+        // SAFETY: a zeroed sockaddr_storage is valid; we copy at most its size
+        // from socket2's storage, which has the same layout.
+        let mut storage: libc::sockaddr_storage = unsafe { MaybeUninit::zeroed().assume_init() };
+        let len = sock.len() as usize;
+        debug_assert!(len <= size_of::<libc::sockaddr_storage>());
+        // SAFETY: source and destination are valid for `len` bytes and do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                sock.as_ptr().cast::<u8>(),
+                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
+                len,
+            );
+        }
+        Self {
+            storage,
+            len: len as libc::socklen_t,
+        }
+    }
+
+    /// Pointer for the kernel.
+    pub fn as_ptr(&self) -> *const libc::sockaddr {
+        (&self.storage as *const libc::sockaddr_storage).cast()
+    }
+
+    /// Length for the kernel.
+    pub fn len(&self) -> libc::socklen_t {
+        self.len
+    }
+}
+
+/// An inotify instance watching one directory for files written or renamed
+/// into it.
+#[derive(Debug)]
+pub struct DirWatch {
+    fd: OwnedFd,
+}
+
+impl DirWatch {
+    /// Watches `dir` for `IN_CLOSE_WRITE | IN_MOVED_TO | IN_CREATE`.
+    ///
+    /// # Errors
+    /// The kernel's (`ENOENT`, `EMFILE`, inotify limits).
+    pub fn new(dir: &std::path::Path) -> io::Result<DirWatch> {
+        use std::os::unix::ffi::OsStrExt;
+        // SAFETY: plain syscall; on success the descriptor is ours.
+        let fd = cvt(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+        // SAFETY: inotify_init1 returned a fresh descriptor.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let path = std::ffi::CString::new(dir.as_os_str().as_bytes())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        // SAFETY: `path` is a valid NUL-terminated string for the call.
+        cvt(unsafe {
+            libc::inotify_add_watch(
+                fd.as_raw_fd(),
+                path.as_ptr(),
+                libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_CREATE,
+            )
+        })?;
+        Ok(DirWatch { fd })
+    }
+
+    /// The descriptor to poll.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        use std::os::fd::AsFd;
+        self.fd.as_fd()
+    }
+
+    /// Reads pending events; returns true if one names `file`.
+    pub fn names(&self, file: &std::ffi::OsStr) -> bool {
+        use std::os::unix::ffi::OsStrExt;
+        let mut buf = [0u8; 4096];
+        let mut hit = false;
+        loop {
+            // SAFETY: reads into a live buffer of its exact size.
+            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+            if n <= 0 {
+                return hit;
+            }
+            let n = n as usize;
+            let mut pos = 0;
+            let header = size_of::<libc::inotify_event>();
+            while pos + header <= n {
+                // SAFETY: the kernel wrote a whole event header at `pos`;
+                // read_unaligned copes with the byte buffer's alignment.
+                let event: libc::inotify_event =
+                    unsafe { std::ptr::read_unaligned(buf.as_ptr().add(pos).cast()) };
+                let name_len = event.len as usize;
+                let name = &buf[(pos + header).min(n)..(pos + header + name_len).min(n)];
+                let name = name.split(|&b| b == 0).next().unwrap_or(&[]);
+                if name == file.as_bytes() {
+                    hit = true;
+                }
+                pos += header + name_len;
+            }
+        }
+    }
+}
+
+/// Waits until one of `fds` is readable or `timeout_ms` passes; returns the
+/// readiness of each.
+///
+/// # Errors
+/// The kernel's, except `EINTR`, which reports nothing ready.
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<bool>> {
+    let mut pfds: Vec<libc::pollfd> = fds
+        .iter()
+        .map(|fd| libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `pfds` is a live array of `len` pollfds.
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout_ms) };
+    if ret < 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EINTR) {
+            return Ok(vec![false; fds.len()]);
+        }
+        return Err(e);
+    }
+    Ok(pfds.iter().map(|p| p.revents != 0).collect())
+}

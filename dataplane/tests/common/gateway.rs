@@ -1,0 +1,216 @@
+//! The real `meshgate serve` as a child process.
+//!
+//! [`Gateway::start`] spawns the binary Cargo built for these tests, waits (bounded) for one
+//! readiness line per `--listen` address (`listening … address=IP:PORT`), and parses the
+//! bound addresses out of them. Its stderr stays readable through [`Gateway::wait_for`];
+//! the whole log is printed if the test fails. Dropping the gateway SIGKILLs and reaps it.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::process::Child;
+use super::field;
+
+/// How long the gateway may take to print its readiness lines.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `--forward`: how bytes move between the two sockets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forward {
+    /// Kernel pipes (`splice`), bytes never enter user space.
+    Splice,
+    /// Plain reads and writes through user-space buffers.
+    Copy,
+}
+
+impl Forward {
+    /// Both modes, for tests that loop.
+    pub const ALL: [Forward; 2] = [Forward::Splice, Forward::Copy];
+
+    /// The flag value.
+    pub fn arg(self) -> &'static str {
+        match self {
+            Forward::Splice => "splice",
+            Forward::Copy => "copy",
+        }
+    }
+}
+
+/// How to start the gateway.
+#[derive(Clone, Debug)]
+pub struct GatewayOpts<'a> {
+    /// `--routes`.
+    pub routes: &'a Path,
+    /// `--forward`.
+    pub forward: Forward,
+    /// `--shards`.
+    pub shards: usize,
+    /// One `--listen` each; defaults to `127.0.0.1:0`.
+    pub listen: Vec<String>,
+    /// Appended after the standard arguments.
+    pub extra_args: Vec<String>,
+}
+
+impl<'a> GatewayOpts<'a> {
+    /// Two shards on `127.0.0.1:0`, admin listener off.
+    pub fn new(routes: &'a Path, forward: Forward) -> Self {
+        GatewayOpts { routes, forward, shards: 2, listen: vec!["127.0.0.1:0".into()], extra_args: Vec::new() }
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    child: Child,
+    addrs: Vec<SocketAddr>,
+    shards: usize,
+}
+
+impl Gateway {
+    /// Starts `meshgate serve` and waits for its readiness lines.
+    ///
+    /// # Panics
+    /// If the binary cannot be spawned, exits, or is not ready within [`READY_TIMEOUT`];
+    /// the message carries its log.
+    pub fn start(opts: &GatewayOpts<'_>) -> Gateway {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshgate"));
+        cmd.arg("serve");
+        for listen in &opts.listen {
+            cmd.args(["--listen", listen]);
+        }
+        cmd.arg("--routes").arg(opts.routes);
+        cmd.args(["--shards", &opts.shards.to_string(), "--forward", opts.forward.arg(), "--admin", "none"]);
+        cmd.args(&opts.extra_args);
+        cmd.env("RUST_LOG", "meshgate=debug,info").env("NO_COLOR", "1");
+        let child = Child::spawn("meshgate", cmd, false).unwrap_or_else(|e| panic!("spawn meshgate: {e}"));
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        while addrs.len() < opts.listen.len() {
+            let line = child
+                .wait_for(READY_TIMEOUT, |l| l.contains("listening") && field(l, "address").is_some())
+                .unwrap_or_else(|why| panic!("meshgate never became ready: {why}\n--- log ---\n{}", child.log()));
+            let text = field(&line, "address").unwrap_or_default();
+            let addr: SocketAddr = text
+                .parse()
+                .unwrap_or_else(|e| panic!("readiness line {line:?}: address {text:?} is not IP:PORT: {e}"));
+            assert_ne!(addr.port(), 0, "readiness line reports port 0: {line:?}");
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        Gateway { child, addrs, shards: opts.shards }
+    }
+
+    /// The first listen address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Every listen address, in readiness-line order.
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The listen address of the given family.
+    pub fn addr_v6(&self) -> Option<SocketAddr> {
+        self.addrs.iter().copied().find(SocketAddr::is_ipv6)
+    }
+
+    /// `--shards` it was started with.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The next stderr line matching `pred`, waiting at most `timeout`.
+    ///
+    /// # Panics
+    /// If none arrives in time or the gateway exits; the message carries the log.
+    pub fn wait_for(&self, timeout: Duration, pred: impl FnMut(&str) -> bool) -> String {
+        self.child
+            .wait_for(timeout, pred)
+            .unwrap_or_else(|why| panic!("{why}\n--- meshgate log ---\n{}", self.child.log()))
+    }
+
+    /// Waits for `routes loaded` with `version=<version>` (`None`: `version=none`).
+    pub fn wait_routes_loaded(&self, version: Option<u64>, timeout: Duration) -> String {
+        let want = version.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
+        self.wait_for(timeout, |l| l.contains("routes loaded") && field(l, "version") == Some(want.as_str()))
+    }
+
+    /// Waits for `routes refused`.
+    pub fn wait_routes_refused(&self, timeout: Duration) -> String {
+        self.wait_for(timeout, |l| l.contains("routes refused"))
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> String {
+        self.child.log()
+    }
+
+    /// Every log line so far, as lines.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.child.lines()
+    }
+
+    /// Sends a signal (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: libc::c_int) {
+        super::bounded::send_signal(self.pid(), signal).expect("kill(2) the gateway");
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&self) -> bool {
+        self.child.exit_status(Duration::ZERO).is_none()
+    }
+
+    /// Open file descriptors (entries of `/proc/PID/fd`).
+    pub fn fd_count(&self) -> usize {
+        proc_entries(self.pid(), "fd")
+    }
+
+    /// Threads (entries of `/proc/PID/task`), io_uring workers included.
+    pub fn thread_count(&self) -> usize {
+        proc_entries(self.pid(), "task")
+    }
+
+    /// Names of the threads (`/proc/PID/task/*/comm`), for failure messages.
+    pub fn thread_names(&self) -> Vec<String> {
+        let dir = format!("/proc/{}/task", self.pid());
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Fails the test if the gateway has exited (crash) — called at the end of tests.
+    pub fn assert_running(&self) {
+        if let Some(status) = self.child.exit_status(Duration::ZERO) {
+            panic!("meshgate exited during the test ({status})\n--- log ---\n{}", self.log());
+        }
+    }
+}
+
+fn proc_entries(pid: u32, what: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/{what}")).map(|d| d.count()).unwrap_or(0)
+}

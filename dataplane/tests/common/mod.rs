@@ -1,0 +1,226 @@
+//! Harness shared by meshgate's integration tests.
+//!
+//! Each test file says `mod common;` and gets: a [`gateway::Gateway`] that runs the real
+//! `meshgate` binary and waits for its readiness line, TLS and raw backends that count the
+//! connections they accept, a test PKI, handcrafted ClientHellos, routes-file helpers, and
+//! [`bounded::run_bounded`], which puts a deadline on every test. Nothing here waits without
+//! a bound: sockets carry read and write timeouts, channels are read with `recv_timeout`.
+//!
+//! Not every test file uses every helper, hence the `dead_code` allowance.
+#![allow(dead_code, unused_imports, unused_macros)]
+
+pub mod bounded;
+pub mod data;
+pub mod gateway;
+pub mod hello;
+pub mod pki;
+pub mod process;
+pub mod raw;
+pub mod routes;
+pub mod tls;
+
+pub use bounded::run_bounded;
+pub use data::{Pattern, StreamHash};
+pub use gateway::{Forward, Gateway, GatewayOpts};
+pub use hello::client_hello;
+pub use pki::{Identity, Pki};
+pub use raw::{RawBackend, RawMode};
+pub use routes::{Endpoint, Route, RoutesFile};
+pub use tls::{ClientAuth, TlsBackend, TlsClient};
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+/// Timeout put on every client socket read and write.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The trust domain used in every test name.
+pub const TRUST_DOMAIN: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+/// A Consul-style SNI name `<service>.default.<dc>.internal.<trust domain>`.
+pub fn sni(service: &str, dc: &str) -> String {
+    format!("{service}.default.{dc}.internal.{TRUST_DOMAIN}")
+}
+
+/// Expands to two `#[test]` functions, `<body>::splice` and `<body>::copy`, each running
+/// `body(Forward::…)` under a deadline of `secs` seconds.
+macro_rules! forward_tests {
+    ($body:ident, $secs:expr) => {
+        mod $body {
+            #[test]
+            fn splice() {
+                $crate::common::run_bounded(
+                    concat!(stringify!($body), "::splice"),
+                    ::std::time::Duration::from_secs($secs),
+                    || super::$body($crate::common::Forward::Splice),
+                );
+            }
+
+            #[test]
+            fn copy() {
+                $crate::common::run_bounded(
+                    concat!(stringify!($body), "::copy"),
+                    ::std::time::Duration::from_secs($secs),
+                    || super::$body($crate::common::Forward::Copy),
+                );
+            }
+        }
+    };
+}
+pub(crate) use forward_tests;
+
+/// Opens a TCP connection with [`IO_TIMEOUT`] on connect, reads and writes, and `TCP_NODELAY`
+/// so that each `write` leaves as its own segment.
+pub fn tcp_connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+    set_timeouts(&stream, IO_TIMEOUT);
+    stream.set_nodelay(true).expect("TCP_NODELAY");
+    stream
+}
+
+/// Puts `timeout` on both directions of `stream`.
+pub fn set_timeouts(stream: &TcpStream, timeout: Duration) {
+    stream.set_read_timeout(Some(timeout)).expect("read timeout");
+    stream.set_write_timeout(Some(timeout)).expect("write timeout");
+}
+
+/// A port on 127.0.0.1 that nothing listens on (bound, then released).
+pub fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let addr = listener.local_addr().expect("local_addr");
+    drop(listener);
+    addr
+}
+
+/// Whether this machine has an IPv6 loopback; when not, prints why the caller skips.
+pub fn ipv6_available(what: &str) -> bool {
+    match TcpListener::bind("[::1]:0") {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP {what}: IPv6 loopback [::1] is unavailable ({e})");
+            false
+        }
+    }
+}
+
+/// How a connection that the gateway should refuse ended, seen from the client.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The gateway closed cleanly (FIN).
+    Eof,
+    /// The gateway reset the connection.
+    Reset,
+}
+
+/// Connects to the gateway, sends `bytes`, and asserts that the gateway closes the connection
+/// (EOF or reset) within `within` without sending a single byte. `what` names the case in
+/// the failure message.
+pub fn assert_refused(addr: SocketAddr, bytes: &[u8], within: Duration, what: &str) -> Refusal {
+    let mut stream = tcp_connect(addr);
+    stream.set_read_timeout(Some(within)).expect("read timeout");
+    // The gateway may already have closed: a failed write is part of a refusal.
+    let _ = stream.write_all(bytes);
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Refusal::Eof,
+            Ok(n) => panic!(
+                "{what}: the gateway sent {n} bytes instead of closing: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return Refusal::Reset,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => return Refusal::Reset,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::TimedOut =>
+            {
+                panic!(
+                    "{what}: the gateway kept the connection open for {:?} instead of closing it",
+                    start.elapsed()
+                )
+            }
+            Err(e) => panic!("{what}: unexpected error while waiting for the close: {e}"),
+        }
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds or `timeout` passes; returns whether it held.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Reads until EOF with the socket's timeout; a timeout or reset is a panic naming `what`.
+pub fn read_to_eof(stream: &mut impl Read, what: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!(
+                "{what}: read failed after {} bytes: {e} (got so far: {:?})",
+                out.len(),
+                String::from_utf8_lossy(&out[..out.len().min(200)])
+            ),
+        }
+    }
+}
+
+/// Reads exactly `n` bytes; a short read, timeout or reset is a panic naming `what`.
+pub fn read_exactly(stream: &mut impl Read, n: usize, what: &str) -> Vec<u8> {
+    let mut out = vec![0u8; n];
+    let mut filled = 0;
+    while filled < n {
+        match stream.read(&mut out[filled..]) {
+            Ok(0) => panic!("{what}: EOF after {filled} of {n} bytes"),
+            Ok(k) => filled += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("{what}: read failed after {filled} of {n} bytes: {e}"),
+        }
+    }
+    out
+}
+
+/// Reads one `\n`-terminated line (without the `\n`), byte by byte so nothing after it is
+/// consumed.
+pub fn read_line(stream: &mut impl Read, what: &str) -> String {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match stream.read(&mut byte) {
+            Ok(0) => panic!(
+                "{what}: EOF before end of line (got {:?})",
+                String::from_utf8_lossy(&line)
+            ),
+            Ok(_) if byte[0] == b'\n' => return String::from_utf8_lossy(&line).into_owned(),
+            Ok(_) => line.push(byte[0]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!(
+                "{what}: read failed mid-line: {e} (got {:?})",
+                String::from_utf8_lossy(&line)
+            ),
+        }
+    }
+}
+
+/// The value of `key=value` among the whitespace-separated tokens of `line`, with quotes and
+/// trailing commas removed.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|token| {
+        let value = token.strip_prefix(key)?.strip_prefix('=')?;
+        Some(value.trim_end_matches(',').trim_matches('"'))
+    })
+}

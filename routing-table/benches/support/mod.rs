@@ -1,0 +1,112 @@
+//! Realistic Consul route sets for the bench and the memory example.
+//!
+//! Route `i` is a service name in one of 8 datacenters, mostly in the
+//! default partition (`svc-N.default.dcK.internal.<uuid>.consul`), every
+//! 10th in a partition (`svc-N.<ns>.part-P.dcK.internal-v1.<uuid>.consul`),
+//! every 7th a subset (`v2.svc-N...`); plus one wildcard per datacenter and
+//! partition (`*.dcK.internal.<uuid>.consul`). Each route has 1 to 8
+//! endpoints. Everything is deterministic.
+
+#![allow(dead_code)]
+
+use routing_table::{EndpointSpec, LbPolicy, RouteSpec, Snapshot};
+
+pub const UUID: &str = "7f42f496-1b2c-4d5e-8f90-a1b2c3d4e5f6";
+pub const DATACENTERS: usize = 8;
+pub const PARTITIONS: usize = 3;
+
+fn mix(i: u64) -> u64 {
+    let mut z = i.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The exact name of service route `i`.
+pub fn service_name(i: usize) -> String {
+    let dc = i % DATACENTERS + 1;
+    let subset = if i % 7 == 3 { "v2." } else { "" };
+    if i % 10 == 9 {
+        let ns = ["default", "billing", "search"][i % 3];
+        let part = i / 10 % PARTITIONS + 1;
+        format!("{subset}svc-{i}.{ns}.part-{part}.dc{dc}.internal-v1.{UUID}.consul")
+    } else {
+        format!("{subset}svc-{i}.default.dc{dc}.internal.{UUID}.consul")
+    }
+}
+
+/// A name that only a wildcard route matches.
+pub fn wildcard_hit(i: usize) -> String {
+    let dc = i % DATACENTERS + 1;
+    format!("remote-{i}.default.dc{dc}.internal.{UUID}.consul")
+}
+
+/// A valid name no route matches (other trust domain).
+pub fn miss(i: usize) -> String {
+    format!("svc-{i}.default.dc1.internal.00000000-0000-0000-0000-000000000000.consul")
+}
+
+fn endpoints(i: usize) -> Vec<EndpointSpec> {
+    let h = mix(i as u64);
+    let count = (h % 8) as usize + 1;
+    (0..count)
+        .map(|e| {
+            let address = format!(
+                "10.{}.{}.{}:{}",
+                (i >> 16) & 0xff,
+                (i >> 8) & 0xff,
+                i & 0xff,
+                20000 + e
+            );
+            if (h >> 8) % 4 == 0 {
+                EndpointSpec::Weighted {
+                    address,
+                    weight: Some((e as u32 % 3) + 1),
+                }
+            } else {
+                EndpointSpec::Addr(address)
+            }
+        })
+        .collect()
+}
+
+/// `n` routes: `n - wildcards` service routes and the wildcards.
+pub fn snapshot(n: usize) -> Snapshot {
+    let mut routes = Vec::with_capacity(n);
+    for dc in 1..=DATACENTERS {
+        routes.push(format!("*.dc{dc}.internal.{UUID}.consul"));
+        for part in 1..=PARTITIONS {
+            routes.push(format!("*.part-{part}.dc{dc}.internal-v1.{UUID}.consul"));
+        }
+    }
+    routes.truncate(n);
+    let wildcards = routes.len();
+    routes.extend((0..n - wildcards).map(service_name));
+    let routes = routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, sni)| RouteSpec {
+            sni,
+            endpoints: endpoints(i),
+            connect_timeout_ms: (i % 5 == 0).then_some(5000),
+            lb_policy: match i % 6 {
+                0 => Some(LbPolicy::LeastRequest),
+                1 => Some(LbPolicy::Random),
+                _ => None,
+            },
+        })
+        .collect();
+    Snapshot {
+        version: Some(1),
+        routes,
+    }
+}
+
+/// Route counts to run: 1k, 10k, 100k, and 1M when `MESHGATE_BENCH_1M=1`.
+pub fn sizes() -> Vec<usize> {
+    let mut sizes = vec![1_000, 10_000, 100_000];
+    if std::env::var("MESHGATE_BENCH_1M").is_ok_and(|v| v == "1") {
+        sizes.push(1_000_000);
+    }
+    sizes
+}

@@ -1,0 +1,105 @@
+//! Routing table benches: lookup (exact hit, wildcard hit, miss), build, and
+//! JSON snapshot decode, for 1k, 10k and 100k realistic Consul routes (1M
+//! with `MESHGATE_BENCH_1M=1`). Bytes per route: `cargo run --release -p
+//! routing-table --example table_memory`.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use routing_table::{Balancer, Format, RouteId, Snapshot, Table};
+
+mod support;
+
+/// Names looked up in turn, so lookups are not all served from one cache line.
+const POOL: usize = 4096;
+
+fn lookups(c: &mut Criterion) {
+    let mut group = c.benchmark_group("lookup");
+    group.throughput(Throughput::Elements(1));
+    for n in support::sizes() {
+        let table = Table::build(&support::snapshot(n)).expect("bench routes are valid");
+        let wildcards = table
+            .routes()
+            .iter()
+            .filter(|r| r.sni.starts_with("*."))
+            .count();
+        let service_routes = n - wildcards;
+        let step = (service_routes / POOL).max(1);
+        let cases: [(&str, Vec<String>); 3] = [
+            (
+                "exact_hit",
+                (0..POOL)
+                    .map(|k| support::service_name(k * step % service_routes))
+                    .collect(),
+            ),
+            (
+                "wildcard_hit",
+                (0..POOL).map(support::wildcard_hit).collect(),
+            ),
+            ("miss", (0..POOL).map(support::miss).collect()),
+        ];
+        for (case, names) in &cases {
+            assert!(names.iter().all(|name| {
+                let m = table.lookup(name.as_bytes());
+                match *case {
+                    "exact_hit" => m.is_some_and(|m| !m.route.sni.starts_with('*')),
+                    "wildcard_hit" => m.is_some_and(|m| m.route.sni.starts_with('*')),
+                    _ => m.is_none(),
+                }
+            }));
+            let mut k = 0;
+            group.bench_with_input(BenchmarkId::new(*case, n), names, |b, names| {
+                b.iter(|| {
+                    k = (k + 1) % POOL;
+                    black_box(table.lookup(black_box(names[k].as_bytes())).map(|m| m.id))
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+fn pick(c: &mut Criterion) {
+    let table = Table::build(&support::snapshot(10_000)).expect("bench routes are valid");
+    let mut balancer = Balancer::new(&table, 1);
+    let mut group = c.benchmark_group("pick");
+    let mut id = 0;
+    group.bench_function("mixed_policies_10k", |b| {
+        b.iter(|| {
+            id = (id + 1) % table.len() as u32;
+            black_box(balancer.pick(&table, RouteId(id)))
+        })
+    });
+    group.finish();
+}
+
+fn build_and_decode(c: &mut Criterion) {
+    let mut group = c.benchmark_group("snapshot");
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(5));
+    for n in support::sizes() {
+        let snapshot = support::snapshot(n);
+        let json = snapshot.to_json();
+        group.throughput(Throughput::Elements(n as u64));
+        group.bench_with_input(BenchmarkId::new("build", n), &snapshot, |b, s| {
+            b.iter_batched(
+                || (),
+                |()| Table::build(s).expect("valid"),
+                BatchSize::PerIteration,
+            )
+        });
+        group.bench_with_input(BenchmarkId::new("decode_json", n), &json, |b, json| {
+            b.iter(|| Snapshot::parse(json, Format::Json).expect("valid"))
+        });
+        group.bench_with_input(
+            BenchmarkId::new("parse_and_build_json", n),
+            &json,
+            |b, json| b.iter(|| Table::parse(json, Format::Json).expect("valid")),
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, lookups, pick, build_and_decode);
+criterion_main!(benches);

@@ -1,0 +1,378 @@
+//! Endpoint selection: one [`Balancer`] per data-plane shard.
+//!
+//! A balancer belongs to one shard (one thread) and one [`Table`]: it holds no
+//! atomics and is not shared. All per-endpoint state lives in one flat `Vec`
+//! allocated by [`Balancer::new`]; [`Balancer::pick`] never allocates.
+//! Routes with a single endpoint get no state at all.
+//!
+//! Policies (Consul passes Envoy's `round_robin`, `least_request` and
+//! `random` through to mesh gateways):
+//!
+//! - `round_robin`: smooth weighted round robin, nginx's algorithm. Each pick
+//!   adds every endpoint's weight to its `current`, picks the largest
+//!   `current` (the first on ties) and subtracts the total weight from it.
+//! - `random`: weighted random from a splitmix64 generator seeded per shard.
+//! - `least_request`: power of two choices; two weighted random picks, the one
+//!   with fewer active connections (counted by [`Balancer::started`] and
+//!   [`Balancer::finished`]) wins, the first on ties.
+
+use serde::{Deserialize, Serialize};
+
+use crate::table::{RouteId, Table};
+
+/// How a route chooses among its endpoints.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    /// Smooth weighted round robin (the default).
+    #[default]
+    RoundRobin,
+    /// Fewer active connections of two weighted random candidates.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+}
+
+/// Per-route state: where its endpoints' slots are and what it needs to pick.
+#[derive(Debug, Clone, Copy)]
+struct RouteState {
+    /// First slot of this route in `Balancer::slots`.
+    start: usize,
+    /// Number of endpoints (and slots; 0 slots for a single endpoint).
+    len: usize,
+    /// Sum of the weights.
+    total: u64,
+    policy: LbPolicy,
+    /// All weights equal: random picks need no search.
+    uniform: bool,
+}
+
+/// Per-endpoint state.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    /// Smooth weighted round robin's current weight.
+    current: i64,
+    /// Sum of the weights of the endpoints up to and including this one.
+    cumulative: u64,
+    /// Active connections (least request), saturating.
+    active: u32,
+}
+
+/// Endpoint selection state for one shard and one table.
+#[derive(Debug, Clone)]
+pub struct Balancer {
+    routes: Vec<RouteState>,
+    slots: Vec<Slot>,
+    rng: SplitMix64,
+}
+
+impl Balancer {
+    /// Allocates the state for every route of `table`. `seed` seeds the
+    /// random generator; give each shard a different one.
+    pub fn new(table: &Table, seed: u64) -> Balancer {
+        let slot_count = table
+            .routes()
+            .iter()
+            .map(|r| r.endpoints.len())
+            .filter(|&n| n > 1)
+            .sum();
+        let mut slots = Vec::with_capacity(slot_count);
+        let routes = table
+            .routes()
+            .iter()
+            .map(|route| {
+                let start = slots.len();
+                let weights = route.endpoints.iter().map(|e| u64::from(e.weight));
+                let mut total = 0;
+                if route.endpoints.len() > 1 {
+                    for weight in weights.clone() {
+                        total += weight;
+                        slots.push(Slot {
+                            cumulative: total,
+                            ..Slot::default()
+                        });
+                    }
+                } else {
+                    total = weights.sum();
+                }
+                let first = route.endpoints.first().map(|e| e.weight);
+                RouteState {
+                    start,
+                    len: route.endpoints.len(),
+                    total,
+                    policy: route.lb_policy,
+                    uniform: route.endpoints.iter().all(|e| Some(e.weight) == first),
+                }
+            })
+            .collect();
+        Balancer {
+            routes,
+            slots,
+            rng: SplitMix64(seed),
+        }
+    }
+
+    /// Chooses an endpoint of route `id`; returns its index into
+    /// `table.route(id).endpoints`. With a single endpoint, returns 0 at once.
+    ///
+    /// # Panics
+    ///
+    /// If `table` is not the table this balancer was built for: `id` out of
+    /// range, or the route's endpoint count differs.
+    pub fn pick(&mut self, table: &Table, id: RouteId) -> usize {
+        let state = self.routes[id.index()];
+        if state.len <= 1 {
+            return 0;
+        }
+        let endpoints = &table.route(id).endpoints;
+        assert_eq!(
+            endpoints.len(),
+            state.len,
+            "Balancer::pick called with another table"
+        );
+        let slots = &mut self.slots[state.start..state.start + state.len];
+        match state.policy {
+            LbPolicy::RoundRobin => {
+                let mut best = 0;
+                let mut best_current = i64::MIN;
+                for (i, (slot, endpoint)) in slots.iter_mut().zip(endpoints.iter()).enumerate() {
+                    slot.current += i64::from(endpoint.weight);
+                    if slot.current > best_current {
+                        best = i;
+                        best_current = slot.current;
+                    }
+                }
+                // Weights are at most 1e6 each, so the total fits in i64.
+                slots[best].current -= state.total as i64;
+                best
+            }
+            LbPolicy::Random => weighted(&mut self.rng, slots, state),
+            LbPolicy::LeastRequest => {
+                let a = weighted(&mut self.rng, slots, state);
+                let b = weighted(&mut self.rng, slots, state);
+                if slots[b].active < slots[a].active {
+                    b
+                } else {
+                    a
+                }
+            }
+        }
+    }
+
+    /// Records that a connection to `endpoint` of route `id` opened. Counts
+    /// saturate; out-of-range ids and indexes (say, from a connection opened
+    /// under an older table) are ignored.
+    pub fn started(&mut self, id: RouteId, endpoint: usize) {
+        if let Some(slot) = self.slot(id, endpoint) {
+            slot.active = slot.active.saturating_add(1);
+        }
+    }
+
+    /// Records that a connection counted by [`Balancer::started`] closed.
+    /// Counts saturate at 0; out-of-range ids and indexes are ignored.
+    pub fn finished(&mut self, id: RouteId, endpoint: usize) {
+        if let Some(slot) = self.slot(id, endpoint) {
+            slot.active = slot.active.saturating_sub(1);
+        }
+    }
+
+    /// Active connections counted for `endpoint` of route `id` (0 for
+    /// single-endpoint routes, which are not tracked).
+    pub fn active(&self, id: RouteId, endpoint: usize) -> u32 {
+        match self.routes.get(id.index()) {
+            Some(state) if endpoint < state.len && state.len > 1 => {
+                self.slots[state.start + endpoint].active
+            }
+            _ => 0,
+        }
+    }
+
+    fn slot(&mut self, id: RouteId, endpoint: usize) -> Option<&mut Slot> {
+        let state = self.routes.get(id.index())?;
+        if endpoint >= state.len || state.len <= 1 {
+            return None;
+        }
+        self.slots.get_mut(state.start + endpoint)
+    }
+}
+
+/// A weighted random index into `slots`.
+#[inline]
+fn weighted(rng: &mut SplitMix64, slots: &[Slot], state: RouteState) -> usize {
+    if state.uniform {
+        return rng.below(state.len as u64) as usize;
+    }
+    let point = rng.below(state.total);
+    // First slot whose cumulative weight is above `point`; always < len
+    // because the last cumulative is `total > point`.
+    slots.partition_point(|slot| slot.cumulative <= point)
+}
+
+/// splitmix64 (Steele, Lea, Flood 2014): tiny, fast, fine for load spreading.
+#[derive(Debug, Clone)]
+struct SplitMix64(u64);
+
+impl SplitMix64 {
+    #[inline]
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (Lemire's multiply-shift; bias below 2^-40 for our n).
+    #[inline]
+    fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::Format;
+
+    fn table(policy: &str, weights: &[u32]) -> Table {
+        let endpoints: Vec<String> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, w)| format!("{{ address = \"10.0.0.{}:80\", weight = {w} }}", i + 1))
+            .collect();
+        let text = format!(
+            "[[routes]]\nsni = \"one.x\"\nendpoints = [\"10.9.9.9:1\"]\nlb_policy = \"{policy}\"\n\
+             [[routes]]\nsni = \"many.x\"\nendpoints = [{}]\nlb_policy = \"{policy}\"\n",
+            endpoints.join(", ")
+        );
+        Table::parse(&text, Format::Toml).unwrap()
+    }
+
+    const MANY: RouteId = RouteId(1);
+
+    fn counts(policy: &str, weights: &[u32], picks: usize) -> Vec<usize> {
+        let t = table(policy, weights);
+        let mut b = Balancer::new(&t, 42);
+        let mut counts = vec![0; weights.len()];
+        for _ in 0..picks {
+            counts[b.pick(&t, MANY)] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_matches_nginx() {
+        // nginx's documented sequence for weights { a: 5, b: 1, c: 1 }.
+        let t = table("round_robin", &[5, 1, 1]);
+        let mut b = Balancer::new(&t, 0);
+        let seq: String = (0..14)
+            .map(|_| (b'a' + b.pick(&t, MANY) as u8) as char)
+            .collect();
+        assert_eq!(seq, "aabacaaaabacaa");
+        assert_eq!(&seq[..7], "aabacaa");
+    }
+
+    #[test]
+    fn round_robin_is_exact_per_cycle() {
+        assert_eq!(counts("round_robin", &[3, 2, 1], 600), [300, 200, 100]);
+        assert_eq!(counts("round_robin", &[1, 1, 1, 1], 8), [2, 2, 2, 2]);
+    }
+
+    #[test]
+    fn random_follows_weights() {
+        for weights in [&[1, 1, 1, 1][..], &[8, 1, 1], &[1, 2, 3, 4]] {
+            let total: u32 = weights.iter().sum();
+            let picks = 100_000;
+            let got = counts("random", weights, picks);
+            for (w, n) in weights.iter().zip(&got) {
+                let expected = picks as f64 * f64::from(*w) / f64::from(total);
+                assert!(
+                    (*n as f64 - expected).abs() < expected * 0.05,
+                    "{weights:?}: {got:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn least_request_prefers_idle_endpoints() {
+        let t = table("least_request", &[1, 1, 1]);
+        let mut b = Balancer::new(&t, 7);
+        // Endpoint 0 is busy: it only wins when both candidates are 0.
+        for _ in 0..100 {
+            b.started(MANY, 0);
+        }
+        let mut seen = [0; 3];
+        for _ in 0..30_000 {
+            seen[b.pick(&t, MANY)] += 1;
+        }
+        // P(both candidates are 0) = 1/9.
+        assert!((2_800..=3_900).contains(&seen[0]), "{seen:?}");
+
+        // With nothing active, it spreads by weight.
+        let got = counts("least_request", &[6, 1], 10_000);
+        assert!(got[0] > got[1] * 2, "{got:?}");
+    }
+
+    #[test]
+    fn least_request_follows_connections() {
+        let t = table("least_request", &[1, 1]);
+        let mut b = Balancer::new(&t, 3);
+        // Open connections as picked, never close: counts stay balanced.
+        for _ in 0..1000 {
+            let e = b.pick(&t, MANY);
+            b.started(MANY, e);
+        }
+        let (a, c) = (b.active(MANY, 0), b.active(MANY, 1));
+        assert_eq!(a + c, 1000);
+        assert!(a.abs_diff(c) <= 2, "{a} {c}");
+    }
+
+    #[test]
+    fn counts_saturate_and_ignore_bad_indexes() {
+        let t = table("least_request", &[1, 1]);
+        let mut b = Balancer::new(&t, 3);
+        b.finished(MANY, 1);
+        assert_eq!(b.active(MANY, 1), 0);
+        b.started(MANY, 1);
+        b.started(MANY, 5);
+        b.started(RouteId(99), 0);
+        b.started(RouteId(0), 0);
+        assert_eq!((b.active(MANY, 1), b.active(RouteId(0), 0)), (1, 0));
+    }
+
+    #[test]
+    fn single_endpoint_is_always_zero() {
+        for policy in ["round_robin", "random", "least_request"] {
+            let t = table(policy, &[1, 2]);
+            let mut b = Balancer::new(&t, 1);
+            assert!((0..10).all(|_| b.pick(&t, RouteId(0)) == 0));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "another table")]
+    fn pick_with_another_table_panics() {
+        let t = table("round_robin", &[1, 2]);
+        let other = table("round_robin", &[1, 2, 3]);
+        let mut b = Balancer::new(&t, 1);
+        b.pick(&other, MANY);
+    }
+
+    #[test]
+    fn policy_names() {
+        let names: Vec<String> = [
+            LbPolicy::RoundRobin,
+            LbPolicy::LeastRequest,
+            LbPolicy::Random,
+        ]
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap())
+        .collect();
+        assert_eq!(
+            names,
+            ["\"round_robin\"", "\"least_request\"", "\"random\""]
+        );
+        assert_eq!(LbPolicy::default(), LbPolicy::RoundRobin);
+    }
+}

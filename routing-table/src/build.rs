@@ -1,0 +1,398 @@
+//! Validation of one [`RouteSpec`] into a [`Route`], for
+//! [`Table::build`](crate::Table::build).
+//!
+//! Every check names the route (index and `sni` as written) and the field,
+//! and the first problem in file order wins. Whole-table checks (duplicate
+//! patterns, route count) stay in `table.rs`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::{RouteProblem, SnapshotError};
+use crate::hash::FoldBuildHasher;
+use crate::name::Pattern;
+use crate::snapshot::{EndpointSpec, RouteSpec};
+use crate::table::{Endpoint, Route, MAX_CONNECT_TIMEOUT_MS, MAX_WEIGHT};
+
+/// Above this many endpoints, duplicates are found with a map instead of a scan.
+const SCAN_LIMIT: usize = 16;
+
+/// Validates route `index`, returning it and its map key (the exact name, or
+/// a wildcard's suffix).
+pub(crate) fn route(index: usize, spec: &RouteSpec) -> Result<(Route, Box<[u8]>), SnapshotError> {
+    let fail = |field: String, problem: RouteProblem| SnapshotError::Route {
+        index,
+        sni: spec.sni.clone(),
+        field,
+        problem,
+    };
+
+    let pattern =
+        Pattern::parse(&spec.sni).map_err(|e| fail("sni".into(), RouteProblem::InvalidName(e)))?;
+
+    if spec.endpoints.is_empty() {
+        return Err(fail("endpoints".into(), RouteProblem::NoEndpoints));
+    }
+    let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+    let mut seen: HashMap<SocketAddr, usize, FoldBuildHasher> = HashMap::default();
+    for (i, endpoint_spec) in spec.endpoints.iter().enumerate() {
+        let endpoint = endpoint(endpoint_spec)
+            .map_err(|(field, problem)| fail(format!("endpoints[{i}].{field}"), problem))?;
+        let first = if spec.endpoints.len() <= SCAN_LIMIT {
+            endpoints
+                .iter()
+                .position(|e: &Endpoint| e.addr == endpoint.addr)
+        } else {
+            seen.insert(endpoint.addr, i)
+        };
+        if let Some(first) = first {
+            return Err(fail(
+                format!("endpoints[{i}].address"),
+                RouteProblem::DuplicateEndpoint { first },
+            ));
+        }
+        endpoints.push(endpoint);
+    }
+
+    let connect_timeout = match spec.connect_timeout_ms {
+        None => None,
+        Some(ms @ 1..=MAX_CONNECT_TIMEOUT_MS) => Some(Duration::from_millis(ms)),
+        Some(ms) => {
+            return Err(fail(
+                "connect_timeout_ms".into(),
+                RouteProblem::ConnectTimeout {
+                    ms,
+                    max: MAX_CONNECT_TIMEOUT_MS,
+                },
+            ))
+        }
+    };
+
+    let route = Route {
+        sni: pattern.text(),
+        kind: pattern.kind,
+        endpoints: endpoints.into_boxed_slice(),
+        connect_timeout,
+        lb_policy: spec.lb_policy.unwrap_or_default(),
+    };
+    Ok((route, pattern.key))
+}
+
+/// Validates one endpoint; on error returns the field (`address` or
+/// `weight`) and the problem.
+fn endpoint(spec: &EndpointSpec) -> Result<Endpoint, (&'static str, RouteProblem)> {
+    let address = spec.address();
+    let addr: SocketAddr = address.parse().map_err(|_| {
+        let problem = RouteProblem::NotIpPort {
+            value: address.to_owned(),
+        };
+        ("address", problem)
+    })?;
+    let ip = addr.ip().to_canonical();
+    if addr.port() == 0 {
+        return Err(("address", RouteProblem::PortZero));
+    }
+    if ip.is_unspecified() {
+        return Err(("address", RouteProblem::Unspecified { ip }));
+    }
+    if ip.is_multicast() {
+        return Err(("address", RouteProblem::Multicast { ip }));
+    }
+    let weight = spec.weight();
+    if !(1..=MAX_WEIGHT).contains(&weight) {
+        let problem = RouteProblem::Weight {
+            weight,
+            max: MAX_WEIGHT,
+        };
+        return Err(("weight", problem));
+    }
+    Ok(Endpoint { addr, weight })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error::NameError;
+    use crate::snapshot::{Format, Snapshot};
+    use crate::table::Table;
+
+    use super::*;
+
+    const SNI: &str = "api.default.dc1.internal.x.consul";
+
+    /// Builds a table whose route 2 is `route` (TOML body), after two good
+    /// routes, and returns the error and its Display.
+    fn refuse(route: &str) -> (SnapshotError, String) {
+        let text = format!(
+            "[[routes]]\nsni = \"a.example\"\nendpoints = [\"10.0.0.1:1\"]\n\
+             [[routes]]\nsni = \"*.example\"\nendpoints = [\"10.0.0.1:1\"]\n\
+             [[routes]]\n{route}\n"
+        );
+        let snapshot = Snapshot::parse(&text, Format::Toml).unwrap();
+        let error = Table::build(&snapshot).unwrap_err();
+        let shown = error.to_string();
+        assert!(!shown.contains('\n'), "{shown}");
+        (error, shown)
+    }
+
+    /// Asserts the error names route 2, its sni and `field`, and returns the problem.
+    fn refuse_field(route: &str, sni: &str, field: &str) -> RouteProblem {
+        let (error, shown) = refuse(route);
+        let prefix = format!("routes[2] (sni {sni:?}): {field}: ");
+        assert!(
+            shown.starts_with(&prefix),
+            "{shown:?} should start with {prefix:?}"
+        );
+        match error {
+            SnapshotError::Route {
+                index: 2,
+                sni: s,
+                field: f,
+                problem,
+            } => {
+                assert_eq!((s.as_str(), f.as_str()), (sni, field));
+                problem
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn with_endpoints(endpoints: &str) -> String {
+        format!("sni = \"{SNI}\"\nendpoints = {endpoints}")
+    }
+
+    #[test]
+    fn message_shape() {
+        let (_, shown) = refuse(&with_endpoints(r#"["10.0.0.1:1", "10.0.0.2:0"]"#));
+        assert_eq!(
+            shown,
+            r#"routes[2] (sni "api.default.dc1.internal.x.consul"): endpoints[1].address: port 0 is not allowed"#
+        );
+    }
+
+    #[test]
+    fn invalid_sni() {
+        for (sni, expected) in [
+            ("", NameError::Empty),
+            ("a..b", NameError::EmptyLabel { offset: 2 }),
+            (
+                "a.b:443",
+                NameError::InvalidByte {
+                    byte: b':',
+                    offset: 3,
+                },
+            ),
+            (
+                "api.*.x",
+                NameError::InvalidByte {
+                    byte: b'*',
+                    offset: 4,
+                },
+            ),
+            ("*api.x", NameError::MisplacedWildcard),
+            ("*", NameError::BareWildcard),
+        ] {
+            let route = format!("sni = {sni:?}\nendpoints = [\"10.0.0.1:1\"]");
+            let problem = refuse_field(&route, sni, "sni");
+            assert_eq!(problem, RouteProblem::InvalidName(expected), "{sni}");
+        }
+        let long = format!("{}.x", "a".repeat(64));
+        let problem = refuse_field(
+            &format!("sni = {long:?}\nendpoints = [\"10.0.0.1:1\"]"),
+            &long,
+            "sni",
+        );
+        assert!(matches!(
+            problem,
+            RouteProblem::InvalidName(NameError::LabelTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn duplicate_sni_names_both_routes() {
+        let (error, shown) = refuse("sni = \"A.Example.\"\nendpoints = [\"10.0.0.1:1\"]");
+        assert_eq!(
+            error,
+            SnapshotError::Duplicate {
+                first: 0,
+                second: 2,
+                sni: "a.example".into()
+            }
+        );
+        assert_eq!(
+            shown,
+            r#"routes[2] (sni "a.example"): sni: duplicates routes[0]"#
+        );
+        let (error, _) = refuse("sni = \"*.EXAMPLE\"\nendpoints = [\"10.0.0.1:1\"]");
+        assert_eq!(
+            error,
+            SnapshotError::Duplicate {
+                first: 1,
+                second: 2,
+                sni: "*.example".into()
+            }
+        );
+        // An exact name and a wildcard with the same suffix are different patterns.
+        let t = Table::parse(
+            "[[routes]]\nsni = \"example\"\nendpoints = [\"10.0.0.1:1\"]\n\
+             [[routes]]\nsni = \"*.example\"\nendpoints = [\"10.0.0.1:1\"]\n",
+            Format::Toml,
+        );
+        assert!(t.is_ok());
+    }
+
+    #[test]
+    fn empty_endpoints() {
+        let problem = refuse_field(&with_endpoints("[]"), SNI, "endpoints");
+        assert_eq!(problem, RouteProblem::NoEndpoints);
+    }
+
+    #[test]
+    fn addresses_must_be_ip_port_literals() {
+        for bad in [
+            "localhost:80",
+            "10.0.0.1",
+            "10.0.0.1:65536",
+            "::1:80",
+            "[::1]",
+            "",
+            "10.0.0.1:80 ",
+        ] {
+            let problem = refuse_field(
+                &with_endpoints(&format!("[{bad:?}]")),
+                SNI,
+                "endpoints[0].address",
+            );
+            assert_eq!(
+                problem,
+                RouteProblem::NotIpPort { value: bad.into() },
+                "{bad}"
+            );
+        }
+        let problem = refuse_field(
+            &with_endpoints(r#"["10.0.0.1:1", { address = "api.internal:80", weight = 2 }]"#),
+            SNI,
+            "endpoints[1].address",
+        );
+        assert!(matches!(problem, RouteProblem::NotIpPort { .. }));
+    }
+
+    #[test]
+    fn port_zero_unspecified_and_multicast() {
+        let cases = [
+            ("[::1]:0", "port 0 is not allowed"),
+            ("0.0.0.0:80", "unspecified address 0.0.0.0 is not allowed"),
+            ("[::]:80", "unspecified address :: is not allowed"),
+            (
+                "[::ffff:0.0.0.0]:80",
+                "unspecified address 0.0.0.0 is not allowed",
+            ),
+            ("224.0.0.1:80", "multicast address 224.0.0.1 is not allowed"),
+            ("[ff02::1]:80", "multicast address ff02::1 is not allowed"),
+        ];
+        for (addr, message) in cases {
+            let (_, shown) = refuse(&with_endpoints(&format!("[\"10.0.0.9:9\", {addr:?}]")));
+            let expected = format!("routes[2] (sni {SNI:?}): endpoints[1].address: {message}");
+            assert_eq!(shown, expected);
+        }
+    }
+
+    #[test]
+    fn duplicate_endpoints() {
+        let problem = refuse_field(
+            &with_endpoints(
+                r#"["10.0.0.1:1", "10.0.0.2:1", { address = "10.0.0.1:1", weight = 5 }]"#,
+            ),
+            SNI,
+            "endpoints[2].address",
+        );
+        assert_eq!(problem, RouteProblem::DuplicateEndpoint { first: 0 });
+        // Same address spelled differently, and the map path for many endpoints.
+        let mut many: Vec<String> = (1..40).map(|p| format!("\"[2001:db8::1]:{p}\"")).collect();
+        many.push("\"[2001:db8:0::1]:7\"".into());
+        let problem = refuse_field(
+            &with_endpoints(&format!("[{}]", many.join(", "))),
+            SNI,
+            "endpoints[39].address",
+        );
+        assert_eq!(problem, RouteProblem::DuplicateEndpoint { first: 6 });
+    }
+
+    #[test]
+    fn weight_range() {
+        for weight in [0, MAX_WEIGHT + 1, u32::MAX] {
+            let route = with_endpoints(&format!(
+                "[{{ address = \"10.0.0.1:1\", weight = {weight} }}]"
+            ));
+            let problem = refuse_field(&route, SNI, "endpoints[0].weight");
+            assert_eq!(
+                problem,
+                RouteProblem::Weight {
+                    weight,
+                    max: MAX_WEIGHT
+                }
+            );
+        }
+        let ok = Table::parse(
+            &format!(
+                "[[routes]]\n{}",
+                with_endpoints(&format!(
+                    "[{{ address = \"10.0.0.1:1\", weight = {MAX_WEIGHT} }}]"
+                ))
+            ),
+            Format::Toml,
+        );
+        assert!(ok.is_ok());
+    }
+
+    #[test]
+    fn connect_timeout_range() {
+        for ms in [0, MAX_CONNECT_TIMEOUT_MS + 1] {
+            let route = format!(
+                "{}\nconnect_timeout_ms = {ms}",
+                with_endpoints("[\"10.0.0.1:1\"]")
+            );
+            let problem = refuse_field(&route, SNI, "connect_timeout_ms");
+            assert_eq!(
+                problem,
+                RouteProblem::ConnectTimeout {
+                    ms,
+                    max: MAX_CONNECT_TIMEOUT_MS
+                }
+            );
+        }
+        let (_, shown) = refuse(&format!(
+            "{}\nconnect_timeout_ms = 0",
+            with_endpoints("[\"10.0.0.1:1\"]")
+        ));
+        assert!(
+            shown.ends_with("connect_timeout_ms: 0 ms is out of range 1..=600000"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn first_bad_entry_wins() {
+        // Route 0 is fine, route 1 has a bad weight and route 2 a bad sni.
+        let text = r#"{"routes": [
+            {"sni": "a.b", "endpoints": ["10.0.0.1:1"]},
+            {"sni": "c.d", "endpoints": ["10.0.0.1:1", {"address": "10.0.0.2:1", "weight": 0}]},
+            {"sni": "bad..name", "endpoints": []}
+        ]}"#;
+        let shown = Table::parse(text, Format::Json).unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            r#"routes[1] (sni "c.d"): endpoints[1].weight: weight 0 is out of range 1..=1000000"#
+        );
+    }
+
+    #[test]
+    fn untrusted_sni_is_escaped_in_messages() {
+        let text = r#"{"routes": [{"sni": "a\nb", "endpoints": ["10.0.0.1:1"]}]}"#;
+        let shown = Table::parse(text, Format::Json).unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            r#"routes[0] (sni "a\nb"): sni: invalid name: byte 0x0a (\n) at offset 1 is not allowed (only A-Z a-z 0-9 _ - .)"#
+        );
+    }
+}

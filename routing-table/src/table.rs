@@ -1,0 +1,494 @@
+//! The immutable routing table and its allocation-free SNI lookup.
+//!
+//! A [`Table`] is built once from a [`Snapshot`] (see `build.rs` for the
+//! validation) and then only read, from any number of threads. It holds the
+//! routes in file order plus two maps from normalized names to route indexes:
+//! one for exact names, one for wildcard suffixes (`*.b.c` is keyed `b.c`).
+//!
+//! [`Table::lookup`] lower-cases the SNI into a stack buffer, probes the exact
+//! map once, then probes the wildcard map once per label boundary from the
+//! left, so the first hit is the longest suffix. It never allocates.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::balance::LbPolicy;
+use crate::build;
+use crate::error::SnapshotError;
+use crate::hash::FoldBuildHasher;
+use crate::name::{normalize_into, NameBuf};
+use crate::snapshot::{EndpointSpec, Format, RouteSpec, Snapshot};
+
+/// Largest endpoint weight accepted.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+/// Largest `connect_timeout_ms` accepted (10 minutes).
+pub const MAX_CONNECT_TIMEOUT_MS: u64 = 600_000;
+
+/// Index of a route in [`Table::routes`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RouteId(pub u32);
+
+impl RouteId {
+    /// The index as `usize`.
+    #[inline]
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+/// Whether a route's pattern is a whole name or a `*.` wildcard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PatternKind {
+    /// Matches exactly one name.
+    Exact,
+    /// `*.suffix`: matches names with one or more labels before `.suffix`.
+    Wildcard,
+}
+
+/// A validated route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The normalized pattern: lower-case, no trailing dot, e.g.
+    /// `*.dc2.internal.x.consul`.
+    pub sni: String,
+    /// Exact name or wildcard.
+    pub kind: PatternKind,
+    /// At least one endpoint, in file order, no duplicates.
+    pub endpoints: Box<[Endpoint]>,
+    /// Connect timeout, if the route sets one (1 ms..=10 min).
+    pub connect_timeout: Option<Duration>,
+    /// Endpoint selection policy.
+    pub lb_policy: LbPolicy,
+}
+
+/// A validated endpoint: a routable IP, a non-zero port and a weight in
+/// 1..=[`MAX_WEIGHT`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// How strongly a name matched a route. Ordered so a stronger match is
+/// greater: any `Exact` beats any `Wildcard`, and a longer wildcard suffix
+/// beats a shorter one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum MatchKind {
+    /// Matched `*.suffix`; `suffix_len` is the length in bytes of `suffix`
+    /// (without the `*.`).
+    Wildcard {
+        /// Bytes in the matched suffix.
+        suffix_len: usize,
+    },
+    /// Matched the name exactly.
+    Exact,
+}
+
+/// The result of a successful [`Table::lookup`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Match<'t> {
+    /// Which route matched.
+    pub id: RouteId,
+    /// The route itself.
+    pub route: &'t Route,
+    /// How it matched.
+    pub kind: MatchKind,
+}
+
+type NameMap = HashMap<Box<[u8]>, RouteId, FoldBuildHasher>;
+
+/// An immutable, validated routing table. Cheap to share (`Send + Sync`); the
+/// data plane keeps one behind an `arc-swap` and replaces it whole.
+#[derive(Clone)]
+pub struct Table {
+    version: Option<u64>,
+    routes: Box<[Route]>,
+    exact: NameMap,
+    wildcard: NameMap,
+    /// Shortest and longest wildcard suffix in bytes, to skip probes that
+    /// cannot hit (`usize::MAX..=0` when there is no wildcard).
+    wildcard_lens: (usize, usize),
+}
+
+impl Table {
+    /// A table with no routes and no version: every lookup misses.
+    pub fn empty() -> Table {
+        Table {
+            version: None,
+            routes: Box::default(),
+            exact: NameMap::default(),
+            wildcard: NameMap::default(),
+            wildcard_lens: (usize::MAX, 0),
+        }
+    }
+
+    /// Validates `snapshot` and builds a table from it.
+    ///
+    /// # Errors
+    ///
+    /// The first invalid entry, in file order: [`SnapshotError::Route`] naming
+    /// the route index, its `sni` and the field (invalid name, no endpoints,
+    /// address not an `IP:port` literal, port 0, unspecified or multicast IP,
+    /// duplicate endpoint, weight or connect timeout out of range), or
+    /// [`SnapshotError::Duplicate`] naming both routes with the same pattern.
+    pub fn build(snapshot: &Snapshot) -> Result<Table, SnapshotError> {
+        let count = snapshot.routes.len();
+        if u32::try_from(count).is_err() {
+            return Err(SnapshotError::TooManyRoutes {
+                count,
+                max: u32::MAX as usize,
+            });
+        }
+        let mut table = Table::empty();
+        table.version = snapshot.version;
+        let mut routes = Vec::with_capacity(count);
+        table.exact.reserve(count);
+        for (index, spec) in snapshot.routes.iter().enumerate() {
+            let (route, key) = build::route(index, spec)?;
+            // Checked above: `index < count <= u32::MAX`.
+            let id = RouteId(index as u32);
+            let map = match route.kind {
+                PatternKind::Exact => &mut table.exact,
+                PatternKind::Wildcard => {
+                    table.wildcard_lens.0 = table.wildcard_lens.0.min(key.len());
+                    table.wildcard_lens.1 = table.wildcard_lens.1.max(key.len());
+                    &mut table.wildcard
+                }
+            };
+            if let Some(first) = map.insert(key, id) {
+                return Err(SnapshotError::Duplicate {
+                    first: first.index(),
+                    second: index,
+                    sni: route.sni,
+                });
+            }
+            routes.push(route);
+        }
+        table.routes = routes.into_boxed_slice();
+        table.exact.shrink_to_fit();
+        table.wildcard.shrink_to_fit();
+        Ok(table)
+    }
+
+    /// Parses `text` as `format` and builds a table from it.
+    ///
+    /// # Errors
+    ///
+    /// As [`Snapshot::parse`], then as [`Table::build`].
+    pub fn parse(text: &str, format: Format) -> Result<Table, SnapshotError> {
+        Table::build(&Snapshot::parse(text, format)?)
+    }
+
+    /// The snapshot's version, if it had one.
+    pub fn version(&self) -> Option<u64> {
+        self.version
+    }
+
+    /// Number of routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether the table has no routes.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// All routes, in file order; a [`RouteId`] indexes this slice.
+    pub fn routes(&self) -> &[Route] {
+        &self.routes
+    }
+
+    /// The route with this id.
+    ///
+    /// # Panics
+    ///
+    /// If `id` does not come from this table (out of range).
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.index()]
+    }
+
+    /// Finds the route for a raw SNI name (bytes as sent by the client).
+    ///
+    /// The name is compared ASCII case-insensitively with one trailing dot
+    /// ignored. An exact route wins over any wildcard; among wildcards the
+    /// longest suffix wins. Returns `None` for a miss and for names that are
+    /// invalid: empty, longer than 253 bytes, with an empty label or a byte
+    /// outside `[A-Za-z0-9_-.]`.
+    ///
+    /// Never allocates: at most one exact probe plus one wildcard probe per
+    /// label boundary.
+    pub fn lookup(&self, name: &[u8]) -> Option<Match<'_>> {
+        let mut buf: NameBuf = [0; 256];
+        let name = normalize_into(name, &mut buf).ok()?;
+        if let Some(&id) = self.exact.get(name) {
+            return Some(self.matched(id, MatchKind::Exact));
+        }
+        let (shortest, longest) = self.wildcard_lens;
+        for (i, _) in name.iter().enumerate().filter(|&(_, &b)| b == b'.') {
+            // The label before the dot is non-empty (checked by
+            // `normalize_into`), so the wildcard always covers a label.
+            let suffix = &name[i + 1..];
+            if suffix.len() > longest {
+                continue;
+            }
+            if suffix.len() < shortest {
+                break;
+            }
+            if let Some(&id) = self.wildcard.get(suffix) {
+                let kind = MatchKind::Wildcard {
+                    suffix_len: suffix.len(),
+                };
+                return Some(self.matched(id, kind));
+            }
+        }
+        None
+    }
+
+    #[inline]
+    fn matched(&self, id: RouteId, kind: MatchKind) -> Match<'_> {
+        Match {
+            id,
+            route: self.route(id),
+            kind,
+        }
+    }
+
+    /// The table as a snapshot: normalized patterns, canonical addresses,
+    /// weight only when not 1, `lb_policy` only when not round robin.
+    /// Building a table from it gives an equal table.
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: self.version,
+            routes: self.routes.iter().map(Route::to_spec).collect(),
+        }
+    }
+}
+
+impl Route {
+    fn to_spec(&self) -> RouteSpec {
+        RouteSpec {
+            sni: self.sni.clone(),
+            endpoints: self
+                .endpoints
+                .iter()
+                .map(|e| match e.weight {
+                    1 => EndpointSpec::Addr(e.addr.to_string()),
+                    weight => EndpointSpec::Weighted {
+                        address: e.addr.to_string(),
+                        weight: Some(weight),
+                    },
+                })
+                .collect(),
+            // Built from milliseconds, so this is exact.
+            connect_timeout_ms: self.connect_timeout.map(|t| t.as_millis() as u64),
+            lb_policy: (self.lb_policy != LbPolicy::default()).then_some(self.lb_policy),
+        }
+    }
+}
+
+impl PartialEq for Table {
+    /// Same version and same routes in the same order (the maps follow).
+    fn eq(&self, other: &Table) -> bool {
+        self.version == other.version && self.routes == other.routes
+    }
+}
+
+impl Eq for Table {}
+
+impl fmt::Debug for Table {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Table")
+            .field("version", &self.version)
+            .field("routes", &self.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UUID: &str = "11111111-2222-3333-4444-555555555555";
+
+    fn table(snis: &[&str]) -> Table {
+        let routes = snis
+            .iter()
+            .enumerate()
+            .map(|(i, sni)| RouteSpec {
+                sni: (*sni).to_owned(),
+                endpoints: vec![EndpointSpec::Addr(format!("10.0.0.1:{}", 1000 + i))],
+                connect_timeout_ms: None,
+                lb_policy: None,
+            })
+            .collect();
+        Table::build(&Snapshot {
+            version: None,
+            routes,
+        })
+        .unwrap()
+    }
+
+    /// (route sni, kind) of the match, for compact assertions.
+    fn find<'t>(t: &'t Table, name: &str) -> Option<(&'t str, MatchKind)> {
+        t.lookup(name.as_bytes()).map(|m| {
+            assert_eq!(t.route(m.id), m.route);
+            (m.route.sni.as_str(), m.kind)
+        })
+    }
+
+    #[test]
+    fn example_table() {
+        let t = Table::parse(include_str!("../testdata/example.toml"), Format::Toml).unwrap();
+        assert_eq!(
+            t,
+            Table::parse(include_str!("../testdata/example.json"), Format::Json).unwrap()
+        );
+        assert_eq!((t.version(), t.len(), t.is_empty()), (Some(7), 2, false));
+        let r = &t.routes()[1];
+        assert_eq!(r.kind, PatternKind::Wildcard);
+        assert_eq!(r.connect_timeout, Some(Duration::from_millis(5000)));
+        assert_eq!(r.lb_policy, LbPolicy::LeastRequest);
+        assert_eq!(
+            &*r.endpoints,
+            &[
+                Endpoint {
+                    addr: "198.18.0.10:8443".parse().unwrap(),
+                    weight: 3
+                },
+                Endpoint {
+                    addr: "198.18.0.11:8443".parse().unwrap(),
+                    weight: 1
+                },
+            ]
+        );
+        assert_eq!(t.routes()[0].lb_policy, LbPolicy::RoundRobin);
+        assert_eq!(t.routes()[0].connect_timeout, None);
+
+        let m = t
+            .lookup(format!("web.default.dc2.internal.{UUID}.consul").as_bytes())
+            .unwrap();
+        assert_eq!(m.id, RouteId(1));
+        let m = t
+            .lookup(format!("api.default.dc1.internal.{UUID}.consul").as_bytes())
+            .unwrap();
+        assert_eq!((m.id, m.kind), (RouteId(0), MatchKind::Exact));
+    }
+
+    #[test]
+    fn snapshot_round_trip() {
+        let t = Table::parse(include_str!("../testdata/example.toml"), Format::Toml).unwrap();
+        let json = t.to_snapshot().to_json();
+        assert_eq!(Table::parse(&json, Format::Json).unwrap(), t);
+        assert_eq!(
+            Table::build(&t.to_snapshot()).unwrap().to_snapshot(),
+            t.to_snapshot()
+        );
+    }
+
+    #[test]
+    fn case_insensitive_and_one_trailing_dot() {
+        let t = table(&["Api.Example.COM.", "*.Svc.Example.com"]);
+        assert_eq!(t.routes()[0].sni, "api.example.com");
+        assert_eq!(t.routes()[1].sni, "*.svc.example.com");
+        for name in [
+            "api.example.com",
+            "API.EXAMPLE.COM",
+            "api.example.com.",
+            "aPi.eXample.Com.",
+        ] {
+            assert_eq!(
+                find(&t, name),
+                Some(("api.example.com", MatchKind::Exact)),
+                "{name}"
+            );
+        }
+        assert_eq!(find(&t, "api.example.com.."), None);
+        assert_eq!(
+            find(&t, "X.SVC.example.COM."),
+            Some(("*.svc.example.com", MatchKind::Wildcard { suffix_len: 15 }))
+        );
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longest_suffix_wins() {
+        let t = table(&["*.c", "*.b.c", "a.b.c", "*.x.a.b.c"]);
+        assert_eq!(find(&t, "a.b.c"), Some(("a.b.c", MatchKind::Exact)));
+        assert_eq!(
+            find(&t, "z.b.c"),
+            Some(("*.b.c", MatchKind::Wildcard { suffix_len: 3 }))
+        );
+        assert_eq!(
+            find(&t, "y.a.b.c"),
+            Some(("*.b.c", MatchKind::Wildcard { suffix_len: 3 }))
+        );
+        assert_eq!(
+            find(&t, "y.x.a.b.c"),
+            Some(("*.x.a.b.c", MatchKind::Wildcard { suffix_len: 7 }))
+        );
+        assert_eq!(
+            find(&t, "b.c"),
+            Some(("*.c", MatchKind::Wildcard { suffix_len: 1 }))
+        );
+        assert_eq!(find(&t, "c"), None);
+        assert!(MatchKind::Exact > MatchKind::Wildcard { suffix_len: 250 });
+        assert!(MatchKind::Wildcard { suffix_len: 7 } > MatchKind::Wildcard { suffix_len: 3 });
+    }
+
+    #[test]
+    fn wildcard_needs_a_label_before_the_suffix() {
+        let t = table(&["*.b.c"]);
+        assert_eq!(find(&t, "b.c"), None);
+        assert_eq!(find(&t, ".b.c"), None);
+        assert_eq!(find(&t, "xb.c"), None);
+        assert_eq!(find(&t, "a.b.c").map(|m| m.0), Some("*.b.c"));
+        assert_eq!(find(&t, "x.a.b.c").map(|m| m.0), Some("*.b.c"));
+    }
+
+    #[test]
+    fn lookup_rejects_invalid_names() {
+        let t = table(&["*.b.c", "a.b.c"]);
+        for name in [
+            &b""[..],
+            b".",
+            b"a..b.c",
+            b"a b.b.c",
+            b"a\0.b.c",
+            b"*.b.c",
+            b"\xc3\xa9.b.c",
+            b"a.b.c/",
+            b"a.b.c:443",
+        ] {
+            assert!(
+                t.lookup(name).is_none(),
+                "{:?}",
+                String::from_utf8_lossy(name)
+            );
+        }
+        let label = "a".repeat(63);
+        let long = format!("{label}.{label}.{label}.{}.b.c", "a".repeat(57));
+        assert_eq!(long.len(), 253);
+        assert!(t.lookup(long.as_bytes()).is_some());
+        assert!(t.lookup(format!("{long}.").as_bytes()).is_some());
+        assert!(t.lookup(format!("a{long}").as_bytes()).is_none());
+        assert!(t.lookup(&[b'a'; 300]).is_none());
+    }
+
+    #[test]
+    fn empty_table_misses() {
+        let t = Table::empty();
+        assert!(t.is_empty() && t.lookup(b"a.b").is_none());
+        assert_eq!(t.to_snapshot(), Snapshot::default());
+        assert_eq!(Table::build(&Snapshot::default()).unwrap(), t);
+    }
+
+    #[test]
+    fn table_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Table>();
+    }
+}
