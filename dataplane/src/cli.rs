@@ -49,6 +49,17 @@ pub enum Command {
     },
 }
 
+/// Which kernel interface the shards use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Engine {
+    /// io_uring if the kernel allows it, else epoll.
+    Auto,
+    /// io_uring only; exit 69 if the kernel refuses it.
+    Uring,
+    /// epoll with non-blocking splice(2)/recv/send.
+    Epoll,
+}
+
 /// Flags of `meshgate serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -73,6 +84,11 @@ pub struct ServeArgs {
     /// pipes) or `copy` (ring recv/send through provided buffers).
     #[arg(long, value_enum, default_value = "splice")]
     pub forward: ForwardMode,
+
+    /// Kernel interface for the shards: `uring`, `epoll`, or `auto` (io_uring,
+    /// falling back to epoll with one log line when the kernel refuses it).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub engine: Engine,
 
     /// Time a client has to send its whole ClientHello, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 10_000)]

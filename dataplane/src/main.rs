@@ -5,6 +5,7 @@
 
 mod cli;
 mod driver;
+mod epoll;
 mod forward;
 mod hello;
 mod pipes;

@@ -23,7 +23,8 @@ use routing_table::{check_successor, Format, Table};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
-use crate::cli::ServeArgs;
+use crate::cli::{Engine, ServeArgs};
+use crate::epoll::Epoll;
 use crate::forward::ForwardMode;
 use crate::shard::{Shard, ShardConfig, Shared};
 use crate::stats::ShardStats;
@@ -153,6 +154,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         },
         io_buffer_size: args.copy_buffer_size,
     };
+    let engine = choose_engine(args.engine)?;
     let max_per_shard = args.max_connections.div_ceil(shards).max(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), io::Error>>();
     let mut handles = Vec::with_capacity(shards);
@@ -172,6 +174,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         let wake = Arc::new(sys::eventfd().map_err(|e| ServeError::Internal(format!("eventfd: {e}")))?);
         let stats = Arc::new(ShardStats::default());
         let handle = spawn_shard(
+            engine,
             cfg,
             cpu,
             uring_cfg,
@@ -207,8 +210,9 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             }
         }
     }
+    let engine_name = if engine == Engine::Epoll { "epoll" } else { "uring" };
     for addr in &bound {
-        info!(address = %addr, shards, forward = args.forward.name(), "listening");
+        info!(address = %addr, shards, forward = args.forward.name(), engine = engine_name, "listening");
     }
 
     control_loop(&args.routes, &shared, &signals);
@@ -216,6 +220,26 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     stop_shards(&shared, &mut handles);
     info!("stopped");
     Ok(())
+}
+
+/// Resolves `auto`: probes io_uring once, here, so that a refusal is one
+/// log line rather than one per shard.
+fn choose_engine(engine: Engine) -> Result<Engine, ServeError> {
+    if engine == Engine::Epoll {
+        return Ok(Engine::Epoll);
+    }
+    match io_uring::IoUring::new(2) {
+        Ok(_) => Ok(Engine::Uring),
+        Err(e) if engine == Engine::Auto => {
+            warn!(error = %e, "io_uring is not available; using the epoll engine");
+            Ok(Engine::Epoll)
+        }
+        Err(e) => Err(ServeError::NoUring(format!(
+            "io_uring is not available here ({e}); it may be disabled by \
+             kernel.io_uring_disabled, a seccomp profile or a container policy; \
+             --engine epoll (or auto) runs without it"
+        ))),
+    }
 }
 
 struct ShardHandle {
@@ -238,6 +262,7 @@ fn stop_shards(shared: &Shared, handles: &mut [ShardHandle]) {
 
 #[allow(clippy::too_many_arguments)]
 fn spawn_shard(
+    engine: Engine,
     cfg: ShardConfig,
     cpu: Option<usize>,
     uring_cfg: UringConfig,
@@ -255,19 +280,26 @@ fn spawn_shard(
                     warn!(shard = cfg.id, cpu, error = %e, "cannot pin shard to its CPU");
                 }
             }
+            let id = cfg.id;
             // The ring is created on the thread that uses it (single issuer).
-            let driver = match Uring::new(&uring_cfg) {
-                Ok(d) => d,
+            let result = match engine {
+                Engine::Epoll => Epoll::new(&uring_cfg).map(|driver| {
+                    let shard = Shard::new(cfg, driver, listeners, wake, shared, stats);
+                    let _ = ready.send(Ok(()));
+                    shard.run()
+                }),
+                Engine::Uring | Engine::Auto => Uring::new(&uring_cfg).map(|driver| {
+                    let shard = Shard::new(cfg, driver, listeners, wake, shared, stats);
+                    let _ = ready.send(Ok(()));
+                    shard.run()
+                }),
+            };
+            match result {
                 Err(e) => {
                     let _ = ready.send(Err(e));
-                    return;
                 }
-            };
-            let id = cfg.id;
-            let shard = Shard::new(cfg, driver, listeners, wake, shared, stats);
-            let _ = ready.send(Ok(()));
-            if let Err(e) = shard.run() {
-                error!(shard = id, error = %e, "shard failed");
+                Ok(Err(e)) => error!(shard = id, error = %e, "shard failed"),
+                Ok(Ok(())) => {}
             }
         })
         .map_err(|e| ServeError::Internal(format!("spawning a shard thread: {e}")))

@@ -432,3 +432,125 @@ pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout_ms: i32) -> io::Result<Vec<
     }
     Ok(pfds.iter().map(|p| p.revents != 0).collect())
 }
+
+/// A close-on-exec epoll instance.
+///
+/// # Errors
+/// `EMFILE`/`ENFILE`.
+pub fn epoll_create() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success the descriptor is ours.
+    let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })?;
+    // SAFETY: epoll_create1 returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `epoll_ctl`: `op` is `EPOLL_CTL_ADD`, `_MOD` or `_DEL`; `data` comes back
+/// with each event.
+///
+/// # Errors
+/// The kernel's (`ENOENT`, `EEXIST`, `EBADF`).
+pub fn epoll_ctl(epoll: BorrowedFd<'_>, op: i32, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+    let mut event = libc::epoll_event { events, u64: data };
+    // SAFETY: `event` is live for the call; the kernel copies it.
+    cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) }).map(drop)
+}
+
+/// `epoll_wait` into `events`; returns how many were filled.
+///
+/// # Errors
+/// The kernel's, except `EINTR`, which returns 0.
+pub fn epoll_wait(epoll: BorrowedFd<'_>, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+    let max = events.len().min(i32::MAX as usize) as i32;
+    // SAFETY: `events` is a live, writable array of `max` entries.
+    let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::EINTR) { Ok(0) } else { Err(e) };
+    }
+    Ok(n as usize)
+}
+
+/// Non-blocking `accept4`, returning a non-blocking, close-on-exec socket.
+///
+/// # Errors
+/// `WouldBlock` when no connection is queued; `EMFILE`, `ENFILE`, ...
+pub fn accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    // SAFETY: null address pointers are allowed; on success the descriptor is ours.
+    let fd = cvt(unsafe {
+        libc::accept4(
+            listener.as_raw_fd(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+        )
+    })?;
+    // SAFETY: accept4 returned a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Starts a non-blocking connect.
+///
+/// # Errors
+/// `EINPROGRESS` (the normal case: wait for writability, then read
+/// `SO_ERROR`), or an immediate failure.
+pub fn connect(fd: BorrowedFd<'_>, addr: &RawSockAddr) -> io::Result<()> {
+    // SAFETY: `addr` points at a live sockaddr of `addr.len()` bytes.
+    cvt(unsafe { libc::connect(fd.as_raw_fd(), addr.as_ptr(), addr.len()) }).map(drop)
+}
+
+/// Non-blocking `recv` into `buf`, with `MSG_PEEK` when `peek`.
+///
+/// # Errors
+/// `WouldBlock` when nothing is queued, or the socket's error.
+pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8], peek: bool) -> io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
+    // SAFETY: `buf` is a valid writable region of `buf.len()` bytes.
+    let ret = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    cvt_size(ret)
+}
+
+/// Non-blocking `send(MSG_NOSIGNAL)`.
+///
+/// # Errors
+/// `WouldBlock` when the socket buffer is full, or the socket's error.
+pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is a valid readable region of `buf.len()` bytes.
+    let ret = unsafe {
+        libc::send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    cvt_size(ret)
+}
+
+/// Reads and clears a socket's pending error (`SO_ERROR`).
+///
+/// # Errors
+/// The kernel's, for a descriptor that is not a socket.
+pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are live and sized for SO_ERROR.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// Borrows a raw descriptor for the length of a call.
+///
+/// # Safety
+/// `fd` must be open for the whole lifetime `'a`.
+pub unsafe fn borrow_raw<'a>(fd: RawFd) -> BorrowedFd<'a> {
+    // SAFETY: the caller guarantees `fd` is open for `'a`.
+    unsafe { BorrowedFd::borrow_raw(fd) }
+}
