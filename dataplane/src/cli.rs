@@ -127,7 +127,8 @@ pub struct ServeArgs {
     pub copy_buffer_size: usize,
 
     /// Admin HTTP listener (`/ready`, `/metrics`, `/routes`) as IP:PORT, or
-    /// `none` to disable it. Default: none.
-    #[arg(long, value_name = "ADDR|none", default_value = "none")]
+    /// `none` to disable it. Serve it on loopback only: it is not
+    /// authenticated.
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:19000")]
     pub admin: String,
 }

@@ -23,6 +23,7 @@ use routing_table::{check_successor, Format, Table};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
+use crate::admin;
 use crate::cli::{Engine, ServeArgs};
 use crate::epoll::Epoll;
 use crate::forward::ForwardMode;
@@ -96,12 +97,12 @@ pub fn load_routes(path: &Path) -> Result<Table, ServeError> {
 /// # Errors
 /// See [`ServeError`].
 pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    if args.admin != "none" {
-        return Err(ServeError::Usage(format!(
-            "--admin {}: the admin listener is not built yet; use --admin none",
-            args.admin
-        )));
-    }
+    let admin_addr: Option<SocketAddr> = match args.admin.as_str() {
+        "none" => None,
+        text => Some(text.parse().map_err(|_| {
+            ServeError::Usage(format!("--admin {text}: expected IP:PORT or none"))
+        })?),
+    };
     if !args.copy_buffers.is_power_of_two() {
         return Err(ServeError::Usage(format!(
             "--copy-buffers {}: must be a power of two",
@@ -134,7 +135,15 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let shared = Arc::new(Shared {
         table: Arc::new(ArcSwap::from_pointee(table)),
         stop: std::sync::atomic::AtomicBool::new(false),
+        ready: std::sync::atomic::AtomicBool::new(false),
+        table_loaded_unix_ms: std::sync::atomic::AtomicU64::new(unix_ms()),
     });
+    let started = std::time::Instant::now();
+    let admin_listener = admin_addr
+        .map(|addr| {
+            admin::bind(addr).map_err(|e| ServeError::Bind(format!("cannot listen on --admin {addr}: {e}")))
+        })
+        .transpose()?;
 
     // Bind every (address, shard) socket before starting anything.
     let (bound, per_shard) = bind_all(&args.listen, shards)?;
@@ -186,7 +195,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         )?;
         handles.push(ShardHandle {
             wake,
-            _stats: stats,
+            stats,
             thread: Some(handle),
         });
     }
@@ -210,6 +219,20 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             }
         }
     }
+    if let Some(listener) = admin_listener {
+        let addr = listener.local_addr().map_err(|e| ServeError::Internal(format!("admin address: {e}")))?;
+        let state = admin::AdminState {
+            shared: Arc::clone(&shared),
+            shards: handles.iter().map(|h| Arc::clone(&h.stats)).collect(),
+            started,
+        };
+        std::thread::Builder::new()
+            .name("meshgate-admin".into())
+            .spawn(move || admin::run(listener, state))
+            .map_err(|e| ServeError::Internal(format!("spawning the admin thread: {e}")))?;
+        info!(address = %addr, "admin listening");
+    }
+    shared.ready.store(true, Ordering::Release);
     let engine_name = if engine == Engine::Epoll { "epoll" } else { "uring" };
     for addr in &bound {
         info!(address = %addr, shards, forward = args.forward.name(), engine = engine_name, "listening");
@@ -244,11 +267,12 @@ fn choose_engine(engine: Engine) -> Result<Engine, ServeError> {
 
 struct ShardHandle {
     wake: Arc<OwnedFd>,
-    _stats: Arc<ShardStats>,
+    stats: Arc<ShardStats>,
     thread: Option<JoinHandle<()>>,
 }
 
 fn stop_shards(shared: &Shared, handles: &mut [ShardHandle]) {
+    shared.ready.store(false, Ordering::Release);
     shared.stop.store(true, Ordering::Release);
     for h in handles.iter() {
         sys::eventfd_wake(h.wake.as_fd());
@@ -409,8 +433,15 @@ fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
     }
     let (version, count) = (table.version(), table.len());
     let old = shared.table.swap(Arc::new(table));
+    shared.table_loaded_unix_ms.store(unix_ms(), Ordering::Relaxed);
     retired.push(old);
     info!(version = %VersionDisplay(version), routes = count, "routes loaded");
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Prints a table version, or `none`.

@@ -67,6 +67,10 @@ pub struct Shared {
     pub table: Arc<ArcSwap<Table>>,
     /// Set when the gateway should stop accepting and drain.
     pub stop: AtomicBool,
+    /// Set once every shard serves.
+    pub ready: AtomicBool,
+    /// When the table in use was loaded (Unix time, ms).
+    pub table_loaded_unix_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The routing table as this shard last saw it. Connections that are
@@ -577,8 +581,7 @@ impl<D: Driver> Shard<D> {
                 self.stats.bytes_to_client.add(moved);
             }
         }
-        self.stats.pipes.sub(self.stats.pipes.get());
-        self.stats.pipes.add(self.pipes.live() as u64);
+        self.stats.pipes.set(self.pipes.live() as u64);
         match step {
             Step::Read => self.arm_read(slot, generation, d),
             Step::Write => {

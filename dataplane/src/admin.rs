@@ -1,0 +1,159 @@
+//! The admin HTTP listener: `/ready`, `/metrics` (Prometheus text) and
+//! `/routes` (the table in use, as JSON). It runs on its own thread, off the
+//! data path, answers one small request per connection, and only reads what
+//! the shards publish (their counters) and the table pointer.
+
+use std::fmt::Write as _;
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tracing::{debug, warn};
+
+use crate::shard::Shared;
+use crate::stats::ShardStats;
+
+/// What the admin thread reads.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Table, stop flag and readiness.
+    pub shared: Arc<Shared>,
+    /// One entry per shard.
+    pub shards: Vec<Arc<ShardStats>>,
+    /// When the process started.
+    pub started: Instant,
+}
+
+/// Binds the admin listener.
+///
+/// # Errors
+/// The bind error (address in use, no permission).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+}
+
+/// Serves admin requests forever on the calling thread.
+pub fn run(listener: TcpListener, state: AdminState) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(stream) => {
+                if let Err(e) = handle(stream, &state) {
+                    debug!(error = %e, "admin request failed");
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "admin accept failed");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn handle(stream: TcpStream, state: &AdminState) -> io::Result<()> {
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    // Drain the headers.
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+            break;
+        }
+    }
+    let mut parts = request_line.split_whitespace();
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = path.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET", "/ready") => {
+            if state.shared.ready.load(Ordering::Acquire) && !state.shared.stop.load(Ordering::Acquire) {
+                ("200 OK", "text/plain", "ready\n".to_string())
+            } else {
+                ("503 Service Unavailable", "text/plain", "not ready\n".to_string())
+            }
+        }
+        ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics(state)),
+        ("GET", "/routes") => {
+            let table = state.shared.table.load();
+            ("200 OK", "application/json", table.to_snapshot().to_json())
+        }
+        ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+    };
+    let mut out = stream;
+    write!(
+        out,
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    out.flush()
+}
+
+/// Renders every counter in Prometheus text format.
+pub fn metrics(state: &AdminState) -> String {
+    let mut out = String::with_capacity(4096);
+    let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
+    let counters: [(&str, &str, fn(&ShardStats) -> u64); 15] = [
+        ("meshgate_connections_accepted_total", "Client connections accepted.", |s| s.accepted.get()),
+        ("meshgate_connections_shed_total", "Client connections closed at accept because the shard was full.", |s| s.shed.get()),
+        ("meshgate_accept_errors_total", "Accept failures (descriptor or memory exhaustion).", |s| s.accept_errors.get()),
+        ("meshgate_connections_forwarded_total", "Connections routed and connected to an upstream.", |s| s.forwarded.get()),
+        ("meshgate_bad_hello_total", "Connections whose first bytes were not a routable ClientHello.", |s| s.bad_hello.get()),
+        ("meshgate_no_sni_total", "ClientHellos without a server name.", |s| s.no_sni.get()),
+        ("meshgate_unknown_sni_total", "Server names with no route.", |s| s.unknown_sni.get()),
+        ("meshgate_hello_timeouts_total", "Clients that did not send a whole ClientHello in time.", |s| s.hello_timeout.get()),
+        ("meshgate_upstream_connect_refused_total", "Upstream connect attempts refused.", |s| s.connect_refused.get()),
+        ("meshgate_upstream_connect_timeouts_total", "Upstream connect attempts that timed out.", |s| s.connect_timeout.get()),
+        ("meshgate_upstream_connect_errors_total", "Upstream connect attempts that failed otherwise.", |s| s.connect_error.get()),
+        ("meshgate_upstream_unreachable_total", "Connections for which every endpoint failed.", |s| s.upstream_unreachable.get()),
+        ("meshgate_idle_timeouts_total", "Connections closed by the idle timeout.", |s| s.idle_timeout.get()),
+        ("meshgate_sent_to_upstream_bytes_total", "Bytes forwarded from clients to upstreams.", |s| s.bytes_to_upstream.get()),
+        ("meshgate_sent_to_client_bytes_total", "Bytes forwarded from upstreams to clients.", |s| s.bytes_to_client.get()),
+    ];
+    for (name, help, f) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", sum(f));
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_connections_active Open client connections, per shard.\n# TYPE meshgate_connections_active gauge"
+    );
+    for (i, s) in state.shards.iter().enumerate() {
+        let _ = writeln!(out, "meshgate_connections_active{{shard=\"{i}\"}} {}", s.active.get());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_pipes Pipes held by the splice engine, per shard.\n# TYPE meshgate_pipes gauge"
+    );
+    for (i, s) in state.shards.iter().enumerate() {
+        let _ = writeln!(out, "meshgate_pipes{{shard=\"{i}\"}} {}", s.pipes.get());
+    }
+    let table = state.shared.table.load();
+    let loaded_at = state.shared.table_loaded_unix_ms.load(Ordering::Relaxed);
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_table_version Version of the routing table in use (0 when the file has none).\n# TYPE meshgate_table_version gauge\nmeshgate_table_version {}",
+        table.version().unwrap_or(0)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_table_routes Routes in the table in use.\n# TYPE meshgate_table_routes gauge\nmeshgate_table_routes {}",
+        table.len()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_table_age_seconds Seconds since the table in use was loaded.\n# TYPE meshgate_table_age_seconds gauge\nmeshgate_table_age_seconds {:.3}",
+        now_ms.saturating_sub(loaded_at) as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_uptime_seconds Seconds since meshgate started.\n# TYPE meshgate_uptime_seconds gauge\nmeshgate_uptime_seconds {:.3}",
+        state.started.elapsed().as_secs_f64()
+    );
+    out
+}
