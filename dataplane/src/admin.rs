@@ -69,10 +69,16 @@ fn handle(stream: TcpStream, state: &AdminState) -> io::Result<()> {
     let path = path.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET", "/ready") => {
-            if state.shared.ready.load(Ordering::Acquire) && !state.shared.stop.load(Ordering::Acquire) {
+            if state.shared.ready.load(Ordering::Acquire)
+                && !state.shared.stop.load(Ordering::Acquire)
+            {
                 ("200 OK", "text/plain", "ready\n".to_string())
             } else {
-                ("503 Service Unavailable", "text/plain", "not ready\n".to_string())
+                (
+                    "503 Service Unavailable",
+                    "text/plain",
+                    "not ready\n".to_string(),
+                )
             }
         }
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics(state)),
@@ -81,7 +87,11 @@ fn handle(stream: TcpStream, state: &AdminState) -> io::Result<()> {
             ("200 OK", "application/json", table.to_snapshot().to_json())
         }
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "only GET\n".to_string()),
+        _ => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
     };
     let mut out = stream;
     write!(
@@ -97,31 +107,99 @@ pub fn metrics(state: &AdminState) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
     let counters: [(&str, &str, fn(&ShardStats) -> u64); 15] = [
-        ("meshgate_connections_accepted_total", "Client connections accepted.", |s| s.accepted.get()),
-        ("meshgate_connections_shed_total", "Client connections closed at accept because the shard was full.", |s| s.shed.get()),
-        ("meshgate_accept_errors_total", "Accept failures (descriptor or memory exhaustion).", |s| s.accept_errors.get()),
-        ("meshgate_connections_forwarded_total", "Connections routed and connected to an upstream.", |s| s.forwarded.get()),
-        ("meshgate_bad_hello_total", "Connections whose first bytes were not a routable ClientHello.", |s| s.bad_hello.get()),
-        ("meshgate_no_sni_total", "ClientHellos without a server name.", |s| s.no_sni.get()),
-        ("meshgate_unknown_sni_total", "Server names with no route.", |s| s.unknown_sni.get()),
-        ("meshgate_hello_timeouts_total", "Clients that did not send a whole ClientHello in time.", |s| s.hello_timeout.get()),
-        ("meshgate_upstream_connect_refused_total", "Upstream connect attempts refused.", |s| s.connect_refused.get()),
-        ("meshgate_upstream_connect_timeouts_total", "Upstream connect attempts that timed out.", |s| s.connect_timeout.get()),
-        ("meshgate_upstream_connect_errors_total", "Upstream connect attempts that failed otherwise.", |s| s.connect_error.get()),
-        ("meshgate_upstream_unreachable_total", "Connections for which every endpoint failed.", |s| s.upstream_unreachable.get()),
-        ("meshgate_idle_timeouts_total", "Connections closed by the idle timeout.", |s| s.idle_timeout.get()),
-        ("meshgate_sent_to_upstream_bytes_total", "Bytes forwarded from clients to upstreams.", |s| s.bytes_to_upstream.get()),
-        ("meshgate_sent_to_client_bytes_total", "Bytes forwarded from upstreams to clients.", |s| s.bytes_to_client.get()),
+        (
+            "meshgate_connections_accepted_total",
+            "Client connections accepted.",
+            |s| s.accepted.get(),
+        ),
+        (
+            "meshgate_connections_shed_total",
+            "Client connections closed at accept because the shard was full.",
+            |s| s.shed.get(),
+        ),
+        (
+            "meshgate_accept_errors_total",
+            "Accept failures (descriptor or memory exhaustion).",
+            |s| s.accept_errors.get(),
+        ),
+        (
+            "meshgate_connections_forwarded_total",
+            "Connections routed and connected to an upstream.",
+            |s| s.forwarded.get(),
+        ),
+        (
+            "meshgate_bad_hello_total",
+            "Connections whose first bytes were not a routable ClientHello.",
+            |s| s.bad_hello.get(),
+        ),
+        (
+            "meshgate_no_sni_total",
+            "ClientHellos without a server name.",
+            |s| s.no_sni.get(),
+        ),
+        (
+            "meshgate_unknown_sni_total",
+            "Server names with no route.",
+            |s| s.unknown_sni.get(),
+        ),
+        (
+            "meshgate_hello_timeouts_total",
+            "Clients that did not send a whole ClientHello in time.",
+            |s| s.hello_timeout.get(),
+        ),
+        (
+            "meshgate_upstream_connect_refused_total",
+            "Upstream connect attempts refused.",
+            |s| s.connect_refused.get(),
+        ),
+        (
+            "meshgate_upstream_connect_timeouts_total",
+            "Upstream connect attempts that timed out.",
+            |s| s.connect_timeout.get(),
+        ),
+        (
+            "meshgate_upstream_connect_errors_total",
+            "Upstream connect attempts that failed otherwise.",
+            |s| s.connect_error.get(),
+        ),
+        (
+            "meshgate_upstream_unreachable_total",
+            "Connections for which every endpoint failed.",
+            |s| s.upstream_unreachable.get(),
+        ),
+        (
+            "meshgate_idle_timeouts_total",
+            "Connections closed by the idle timeout.",
+            |s| s.idle_timeout.get(),
+        ),
+        (
+            "meshgate_sent_to_upstream_bytes_total",
+            "Bytes forwarded from clients to upstreams.",
+            |s| s.bytes_to_upstream.get(),
+        ),
+        (
+            "meshgate_sent_to_client_bytes_total",
+            "Bytes forwarded from upstreams to clients.",
+            |s| s.bytes_to_client.get(),
+        ),
     ];
     for (name, help, f) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", sum(f));
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+            sum(f)
+        );
     }
     let _ = writeln!(
         out,
         "# HELP meshgate_connections_active Open client connections, per shard.\n# TYPE meshgate_connections_active gauge"
     );
     for (i, s) in state.shards.iter().enumerate() {
-        let _ = writeln!(out, "meshgate_connections_active{{shard=\"{i}\"}} {}", s.active.get());
+        let _ = writeln!(
+            out,
+            "meshgate_connections_active{{shard=\"{i}\"}} {}",
+            s.active.get()
+        );
     }
     let _ = writeln!(
         out,

@@ -126,6 +126,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
     pub copy_buffer_size: usize,
 
+    /// Unix socket for zero-downtime upgrades. At start, if a running
+    /// meshgate answers on it, this process takes over its listening
+    /// sockets and the old one drains and exits; then this process listens
+    /// there for its own successor. Start the new binary with the same flags.
+    #[arg(long, value_name = "PATH")]
+    pub upgrade_socket: Option<PathBuf>,
+
     /// Admin HTTP listener (`/ready`, `/metrics`, `/routes`) as IP:PORT, or
     /// `none` to disable it. Serve it on loopback only: it is not
     /// authenticated.

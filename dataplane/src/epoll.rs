@@ -27,7 +27,11 @@ const ACCEPT_BATCH: usize = 64;
 
 enum ReadOp {
     Poll(Token),
-    Recv { token: Token, group: Group, peek: bool },
+    Recv {
+        token: Token,
+        group: Group,
+        peek: bool,
+    },
     Accept(Token),
     Multi(Token),
 }
@@ -187,7 +191,9 @@ impl Epoll {
 
     fn fail_write(&mut self, op: WriteOp, code: i32) {
         match op {
-            WriteOp::Poll(token) | WriteOp::Send { token, .. } => self.complete(token, code, None, false),
+            WriteOp::Poll(token) | WriteOp::Send { token, .. } => {
+                self.complete(token, code, None, false)
+            }
             WriteOp::Connect {
                 token,
                 timeout_token,
@@ -275,7 +281,8 @@ impl Epoll {
                 offset,
                 len,
             } => {
-                let data = &self.pool(group).slice(buffer)[offset as usize..(offset + len) as usize];
+                let data =
+                    &self.pool(group).slice(buffer)[offset as usize..(offset + len) as usize];
                 match sys::send(borrowed, data) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(op),
                     Ok(n) => {
@@ -307,7 +314,9 @@ impl Epoll {
     }
 
     fn on_event(&mut self, fd: RawFd, events: u32) {
-        let readable = events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
+        let readable = events
+            & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32
+            != 0;
         let writable = events & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
         if readable {
             if let Some(op) = self.state(fd).read.take() {
@@ -332,7 +341,8 @@ impl Epoll {
             }
             self.connect_deadlines.pop();
             let state = self.state(fd);
-            let pending = matches!(state.write, Some(WriteOp::Connect { token: t, .. }) if t.0 == token);
+            let pending =
+                matches!(state.write, Some(WriteOp::Connect { token: t, .. }) if t.0 == token);
             if pending {
                 if let Some(WriteOp::Connect {
                     token,
@@ -416,7 +426,14 @@ impl Driver for Epoll {
         self.update_interest(fd);
     }
 
-    fn connect(&mut self, token: Token, timeout_token: Token, fd: RawFd, addr: &RawSockAddr, timeout: Duration) {
+    fn connect(
+        &mut self,
+        token: Token,
+        timeout_token: Token,
+        fd: RawFd,
+        addr: &RawSockAddr,
+        timeout: Duration,
+    ) {
         // SAFETY: as in `try_read`.
         let borrowed = unsafe { sys::borrow_raw(fd) };
         match sys::connect(borrowed, addr) {
@@ -460,7 +477,11 @@ impl Driver for Epoll {
             state.added = false;
             state.mask = 0;
         }
-        let result = if cancelled == 0 { -libc::ENOENT } else { cancelled };
+        let result = if cancelled == 0 {
+            -libc::ENOENT
+        } else {
+            cancelled
+        };
         self.complete(token, result, None, false);
     }
 

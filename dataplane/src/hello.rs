@@ -140,7 +140,11 @@ pub fn parse<'a>(buf: &'a [u8], scratch: &'a mut [u8]) -> Outcome<'a> {
             hello_len,
             joined,
         } => {
-            let body = if joined { &scratch[..body] } else { &buf[body_range(buf, body)] };
+            let body = if joined {
+                &scratch[..body]
+            } else {
+                &buf[body_range(buf, body)]
+            };
             match client_hello_name(body) {
                 Ok(Some(name)) => Outcome::Sni { name, hello_len },
                 Ok(None) => Outcome::NoSni,
@@ -294,9 +298,10 @@ fn message_len(msg: &[u8]) -> Result<usize, HelloError> {
 
 /// Finds the host name in a whole ClientHello body.
 fn client_hello_name(body: &[u8]) -> Result<Option<&[u8]>, HelloError> {
-    let (rest, hello) = parse_tls_handshake_client_hello(body).map_err(|_| HelloError::Malformed {
-        what: "ClientHello fields",
-    })?;
+    let (rest, hello) =
+        parse_tls_handshake_client_hello(body).map_err(|_| HelloError::Malformed {
+            what: "ClientHello fields",
+        })?;
     if !rest.is_empty() {
         return Err(HelloError::Malformed {
             what: "extensions length does not match the message",
@@ -350,8 +355,8 @@ fn server_name(data: &[u8]) -> Result<&[u8], HelloError> {
     }
     let mut host: Option<&[u8]> = None;
     while !list.is_empty() {
-        let (rest, (name_type, name)) = tls_parser::parse_tls_extension_sni_hostname(list)
-            .map_err(|_| bad("entry length"))?;
+        let (rest, (name_type, name)) =
+            tls_parser::parse_tls_extension_sni_hostname(list).map_err(|_| bad("entry length"))?;
         list = rest;
         if name_type.0 != NAME_TYPE_HOST {
             continue;
@@ -497,7 +502,10 @@ pub(crate) mod tests {
                 "chunk {chunk}"
             );
             for cut in 0..h.len() {
-                assert!(matches!(run(&h[..cut]), Outcome::NeedMore { .. }), "chunk {chunk} cut {cut}");
+                assert!(
+                    matches!(run(&h[..cut]), Outcome::NeedMore { .. }),
+                    "chunk {chunk} cut {cut}"
+                );
             }
         }
     }
@@ -507,7 +515,13 @@ pub(crate) mod tests {
         let mut h = hello("a.b");
         let len = h.len();
         h.extend_from_slice(&[23, 3, 3, 0, 1, 0]);
-        assert_eq!(run(&h), Outcome::Sni { name: b"a.b", hello_len: len });
+        assert_eq!(
+            run(&h),
+            Outcome::Sni {
+                name: b"a.b",
+                hello_len: len
+            }
+        );
     }
 
     #[test]
@@ -515,12 +529,21 @@ pub(crate) mod tests {
         let msg = hello_message(&[sni_ext(&[(0, b"pq.example")]), (51, vec![0x11; 1400])]);
         let h = records(&msg, MAX_RECORD_LEN);
         assert!(h.len() > 1500);
-        assert!(matches!(run(&h), Outcome::Sni { name: b"pq.example", .. }));
+        assert!(matches!(
+            run(&h),
+            Outcome::Sni {
+                name: b"pq.example",
+                ..
+            }
+        ));
     }
 
     #[test]
     fn hello_without_sni() {
-        assert_eq!(run(&records(&hello_message(&[(0x2b, vec![2, 3, 4])]), 1000)), Outcome::NoSni);
+        assert_eq!(
+            run(&records(&hello_message(&[(0x2b, vec![2, 3, 4])]), 1000)),
+            Outcome::NoSni
+        );
         assert_eq!(run(&records(&hello_message(&[]), 1000)), Outcome::NoSni);
         // A list with only a non-host_name entry.
         let h = records(&hello_message(&[sni_ext(&[(5, b"x.y")])]), 1000);
@@ -530,27 +553,63 @@ pub(crate) mod tests {
     #[test]
     fn refusals() {
         let cases: Vec<(Vec<u8>, &str)> = vec![
-            (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), "not_handshake"),
-            (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(), "not_handshake"),
+            (
+                b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+                "not_handshake",
+            ),
+            (
+                b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec(),
+                "not_handshake",
+            ),
             (vec![0x80, 0x2e, 0x01, 0x00, 0x02], "sslv2"),
             (vec![21, 3, 3, 0, 2, 2, 40], "not_handshake"),
             (vec![22, 2, 0, 0, 4, 1, 0, 0, 0], "record_version"),
             (vec![22, 3, 1, 0, 0], "record_length"),
             (vec![22, 3, 1, 0x40, 0x01], "record_length"),
             (records(&[2, 0, 0, 0], 100), "not_client_hello"),
-            (records(&hello_message(&[sni_ext(&[(0, b"")])]), 1000), "bad_server_name"),
-            (records(&hello_message(&[sni_ext(&[])]), 1000), "bad_server_name"),
-            (records(&hello_message(&[sni_ext(&[(0, b"a.b"), (0, b"c.d")])]), 1000), "bad_server_name"),
-            (records(&hello_message(&[sni_ext(&[(0, b"127.0.0.1")])]), 1000), "bad_server_name"),
-            (records(&hello_message(&[sni_ext(&[(0, b"a\0.b")])]), 1000), "bad_server_name"),
-            (records(&hello_message(&[sni_ext(&[(0, "é.b".as_bytes())])]), 1000), "bad_server_name"),
-            (records(&hello_message(&[sni_ext(&[(0, b"a..b")])]), 1000), "bad_server_name"),
             (
-                records(&hello_message(&[sni_ext(&[(0, &[b'a'; 4096])])]), MAX_RECORD_LEN),
+                records(&hello_message(&[sni_ext(&[(0, b"")])]), 1000),
                 "bad_server_name",
             ),
             (
-                records(&hello_message(&[sni_ext(&[(0, b"a.b")]), sni_ext(&[(0, b"a.b")])]), 1000),
+                records(&hello_message(&[sni_ext(&[])]), 1000),
+                "bad_server_name",
+            ),
+            (
+                records(
+                    &hello_message(&[sni_ext(&[(0, b"a.b"), (0, b"c.d")])]),
+                    1000,
+                ),
+                "bad_server_name",
+            ),
+            (
+                records(&hello_message(&[sni_ext(&[(0, b"127.0.0.1")])]), 1000),
+                "bad_server_name",
+            ),
+            (
+                records(&hello_message(&[sni_ext(&[(0, b"a\0.b")])]), 1000),
+                "bad_server_name",
+            ),
+            (
+                records(&hello_message(&[sni_ext(&[(0, "é.b".as_bytes())])]), 1000),
+                "bad_server_name",
+            ),
+            (
+                records(&hello_message(&[sni_ext(&[(0, b"a..b")])]), 1000),
+                "bad_server_name",
+            ),
+            (
+                records(
+                    &hello_message(&[sni_ext(&[(0, &[b'a'; 4096])])]),
+                    MAX_RECORD_LEN,
+                ),
+                "bad_server_name",
+            ),
+            (
+                records(
+                    &hello_message(&[sni_ext(&[(0, b"a.b")]), sni_ext(&[(0, b"a.b")])]),
+                    1000,
+                ),
                 "bad_server_name",
             ),
         ];
@@ -571,7 +630,10 @@ pub(crate) mod tests {
         assert!(matches!(run(&records(&msg, 1000)), Outcome::Invalid(_)));
         // Handshake length larger than the cap.
         let h = vec![22, 3, 1, 0, 4, 1, 0xff, 0xff, 0xff];
-        assert!(matches!(run(&h), Outcome::Invalid(HelloError::TooLarge { .. })));
+        assert!(matches!(
+            run(&h),
+            Outcome::Invalid(HelloError::TooLarge { .. })
+        ));
         // A hello whose records would pass the cap.
         let big = hello_message(&[sni_ext(&[(0, b"a.b")]), (21, vec![0; MAX_HELLO_BYTES])]);
         assert!(matches!(
@@ -585,6 +647,9 @@ pub(crate) mod tests {
         let msg = hello_message(&[sni_ext(&[(0, b"a.b")])]);
         let mut h = records(&msg[..10], 100);
         h.extend_from_slice(&[23, 3, 3, 0, 1, 0]);
-        assert!(matches!(run(&h), Outcome::Invalid(HelloError::Interleaved { .. })));
+        assert!(matches!(
+            run(&h),
+            Outcome::Invalid(HelloError::Interleaved { .. })
+        ));
     }
 }

@@ -17,6 +17,7 @@ mod sni;
 mod stats;
 mod sys;
 mod timers;
+mod upgrade;
 mod uring;
 
 use std::process::ExitCode;

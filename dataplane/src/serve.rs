@@ -30,6 +30,7 @@ use crate::forward::ForwardMode;
 use crate::shard::{Shard, ShardConfig, Shared};
 use crate::stats::ShardStats;
 use crate::sys;
+use crate::upgrade;
 use crate::uring::{Uring, UringConfig};
 
 /// Why `serve` stopped early; each maps to a distinct exit code.
@@ -97,12 +98,13 @@ pub fn load_routes(path: &Path) -> Result<Table, ServeError> {
 /// # Errors
 /// See [`ServeError`].
 pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
-    let admin_addr: Option<SocketAddr> = match args.admin.as_str() {
-        "none" => None,
-        text => Some(text.parse().map_err(|_| {
-            ServeError::Usage(format!("--admin {text}: expected IP:PORT or none"))
-        })?),
-    };
+    let admin_addr: Option<SocketAddr> =
+        match args.admin.as_str() {
+            "none" => None,
+            text => Some(text.parse().map_err(|_| {
+                ServeError::Usage(format!("--admin {text}: expected IP:PORT or none"))
+            })?),
+        };
     if !args.copy_buffers.is_power_of_two() {
         return Err(ServeError::Usage(format!(
             "--copy-buffers {}: must be a power of two",
@@ -117,10 +119,13 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     let nofile = sys::raise_nofile_limit().unwrap_or(0);
     let table = load_routes(&args.routes)?;
-    let cpus = sys::usable_cpus().map_err(|e| ServeError::Internal(format!("sched_getaffinity: {e}")))?;
+    let cpus =
+        sys::usable_cpus().map_err(|e| ServeError::Internal(format!("sched_getaffinity: {e}")))?;
     let shards = args.shards.unwrap_or(cpus.len()).max(1);
     if shards > 1024 {
-        return Err(ServeError::Usage(format!("--shards {shards}: at most 1024")));
+        return Err(ServeError::Usage(format!(
+            "--shards {shards}: at most 1024"
+        )));
     }
     info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -141,17 +146,42 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let started = std::time::Instant::now();
     let admin_listener = admin_addr
         .map(|addr| {
-            admin::bind(addr).map_err(|e| ServeError::Bind(format!("cannot listen on --admin {addr}: {e}")))
+            admin::bind(addr)
+                .map_err(|e| ServeError::Bind(format!("cannot listen on --admin {addr}: {e}")))
         })
         .transpose()?;
 
-    // Bind every (address, shard) socket before starting anything.
-    let (bound, per_shard) = bind_all(&args.listen, shards)?;
+    // Take the listening sockets over from a running meshgate, if one
+    // answers on the upgrade socket; then bind what is still missing.
+    let mut inherited = match &args.upgrade_socket {
+        Some(path) => upgrade::take_over(path).map_err(|e| {
+            ServeError::Internal(format!("taking over from {}: {e}", path.display()))
+        })?,
+        None => None,
+    };
+    let (bound, per_shard) = bind_all(
+        &args.listen,
+        shards,
+        inherited
+            .as_mut()
+            .map(|h| std::mem::take(&mut h.sockets))
+            .unwrap_or_default(),
+    )?;
+    // Keep a duplicate of every listening socket for a future successor.
+    let handover: Vec<(SocketAddr, OwnedFd)> = per_shard
+        .iter()
+        .flatten()
+        .filter_map(|fd| {
+            let addr = socket2::SockRef::from(fd).local_addr().ok()?.as_socket()?;
+            Some((addr, fd.try_clone().ok()?))
+        })
+        .collect();
 
     // Signals go to the control loop only: block them before any thread starts.
     let sigset = sys::block_signals(&[libc::SIGHUP, libc::SIGTERM, libc::SIGINT])
         .map_err(|e| ServeError::Internal(format!("blocking signals: {e}")))?;
-    let signals = sys::signalfd(&sigset).map_err(|e| ServeError::Internal(format!("signalfd: {e}")))?;
+    let signals =
+        sys::signalfd(&sigset).map_err(|e| ServeError::Internal(format!("signalfd: {e}")))?;
 
     let uring_cfg = UringConfig {
         sq_entries: 1024,
@@ -180,7 +210,8 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
         };
         let cpu = cpus.get(id % cpus.len().max(1)).copied();
-        let wake = Arc::new(sys::eventfd().map_err(|e| ServeError::Internal(format!("eventfd: {e}")))?);
+        let wake =
+            Arc::new(sys::eventfd().map_err(|e| ServeError::Internal(format!("eventfd: {e}")))?);
         let stats = Arc::new(ShardStats::default());
         let handle = spawn_shard(
             engine,
@@ -206,10 +237,12 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             Ok(Err(e)) => {
                 stop_shards(&shared, &mut handles);
                 return Err(match e.raw_os_error() {
-                    Some(libc::EPERM | libc::ENOSYS | libc::EACCES) => ServeError::NoUring(format!(
-                        "io_uring is not available here ({e}); it may be disabled by \
+                    Some(libc::EPERM | libc::ENOSYS | libc::EACCES) => {
+                        ServeError::NoUring(format!(
+                            "io_uring is not available here ({e}); it may be disabled by \
                          kernel.io_uring_disabled, a seccomp profile or a container policy"
-                    )),
+                        ))
+                    }
                     _ => ServeError::Internal(format!("starting a shard: {e}")),
                 });
             }
@@ -220,7 +253,9 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         }
     }
     if let Some(listener) = admin_listener {
-        let addr = listener.local_addr().map_err(|e| ServeError::Internal(format!("admin address: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| ServeError::Internal(format!("admin address: {e}")))?;
         let state = admin::AdminState {
             shared: Arc::clone(&shared),
             shards: handles.iter().map(|h| Arc::clone(&h.stats)).collect(),
@@ -233,13 +268,40 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         info!(address = %addr, "admin listening");
     }
     shared.ready.store(true, Ordering::Release);
-    let engine_name = if engine == Engine::Epoll { "epoll" } else { "uring" };
+    if let Some(h) = inherited {
+        let _ = h.ready();
+        info!("took over the listening sockets of the previous process");
+    }
+    let upgrade_server = match &args.upgrade_socket {
+        Some(path) => match upgrade::UpgradeServer::bind(path) {
+            Ok(server) => Some(server),
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot listen for upgrades");
+                None
+            }
+        },
+        None => None,
+    };
+    let engine_name = if engine == Engine::Epoll {
+        "epoll"
+    } else {
+        "uring"
+    };
     for addr in &bound {
         info!(address = %addr, shards, forward = args.forward.name(), engine = engine_name, "listening");
     }
 
-    control_loop(&args.routes, &shared, &signals);
-    info!(drain_timeout_secs = args.drain_timeout_secs, "stopping: draining connections");
+    control_loop(
+        &args.routes,
+        &shared,
+        &signals,
+        upgrade_server.as_ref(),
+        &handover,
+    );
+    info!(
+        drain_timeout_secs = args.drain_timeout_secs,
+        "stopping: draining connections"
+    );
     stop_shards(&shared, &mut handles);
     info!("stopped");
     Ok(())
@@ -329,35 +391,65 @@ fn spawn_shard(
         .map_err(|e| ServeError::Internal(format!("spawning a shard thread: {e}")))
 }
 
-/// Binds `shards` listening sockets per address; a port 0 is resolved by the
-/// first bind and reused for the rest. Returns the bound addresses and, per
-/// shard, its sockets.
+/// Gives every shard one listening socket per address: inherited sockets
+/// bound to that exact address first (extra ones are spread over the shards,
+/// so no accept queue is dropped), then fresh `SO_REUSEPORT` binds. A port 0
+/// is resolved by the first bind and reused for the rest. Returns the bound
+/// addresses and, per shard, its sockets.
 fn bind_all(
     addrs: &[SocketAddr],
     shards: usize,
+    mut inherited: Vec<(SocketAddr, OwnedFd)>,
 ) -> Result<(Vec<SocketAddr>, Vec<Vec<OwnedFd>>), ServeError> {
     let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
     let mut bound = Vec::with_capacity(addrs.len());
     for addr in addrs {
+        let mut mine: Vec<OwnedFd> = Vec::new();
+        let mut rest = Vec::with_capacity(inherited.len());
+        for (a, fd) in inherited.drain(..) {
+            if a == *addr && addr.port() != 0 {
+                mine.push(fd);
+            } else {
+                rest.push((a, fd));
+            }
+        }
+        inherited = rest;
         let mut actual = *addr;
         for sockets in per_shard.iter_mut() {
-            let socket = bind_one(&actual).map_err(|e| ServeError::Bind(format!("cannot listen on {addr}: {e}")))?;
+            if let Some(fd) = mine.pop() {
+                sockets.push(fd);
+                continue;
+            }
+            let socket = bind_one(&actual)
+                .map_err(|e| ServeError::Bind(format!("cannot listen on {addr}: {e}")))?;
             if actual.port() == 0 {
                 actual = socket
                     .local_addr()
                     .ok()
                     .and_then(|a| a.as_socket())
-                    .ok_or_else(|| ServeError::Bind(format!("cannot learn the port bound for {addr}")))?;
+                    .ok_or_else(|| {
+                        ServeError::Bind(format!("cannot learn the port bound for {addr}"))
+                    })?;
             }
             sockets.push(OwnedFd::from(socket));
         }
+        for (i, fd) in mine.into_iter().enumerate() {
+            per_shard[i % shards].push(fd);
+        }
         bound.push(actual);
+    }
+    for (addr, _) in &inherited {
+        warn!(address = %addr, "inherited listening socket not in --listen; closing it");
     }
     Ok((bound, per_shard))
 }
 
 fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(Domain::for_address(*addr), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
+    let socket = Socket::new(
+        Domain::for_address(*addr),
+        Type::STREAM.cloexec(),
+        Some(Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
@@ -370,12 +462,21 @@ fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
 }
 
 /// Watches the routes file and signals until SIGTERM or SIGINT.
-fn control_loop(routes: &Path, shared: &Shared, signals: &OwnedFd) {
+fn control_loop(
+    routes: &Path,
+    shared: &Shared,
+    signals: &OwnedFd,
+    upgrade: Option<&upgrade::UpgradeServer>,
+    handover: &[(SocketAddr, OwnedFd)],
+) {
     let dir = routes
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let file: OsString = routes.file_name().map(|f| f.to_os_string()).unwrap_or_default();
+    let file: OsString = routes
+        .file_name()
+        .map(|f| f.to_os_string())
+        .unwrap_or_default();
     let watch = match sys::DirWatch::new(&dir) {
         Ok(w) => Some(w),
         Err(e) => {
@@ -386,6 +487,10 @@ fn control_loop(routes: &Path, shared: &Shared, signals: &OwnedFd) {
     let mut retired: Vec<Arc<Table>> = Vec::new();
     loop {
         let mut fds = vec![signals.as_fd()];
+        if let Some(u) = upgrade {
+            fds.push(u.as_fd());
+        }
+        let watch_index = fds.len();
         if let Some(w) = &watch {
             fds.push(w.as_fd());
         }
@@ -408,7 +513,12 @@ fn control_loop(routes: &Path, shared: &Shared, signals: &OwnedFd) {
                 Err(e) => warn!(error = %e, "reading signalfd"),
             }
         }
-        if ready.get(1).copied().unwrap_or(false) {
+        if let (Some(u), true) = (upgrade, ready.get(1).copied().unwrap_or(false)) {
+            if u.serve_one(handover) {
+                return;
+            }
+        }
+        if ready.get(watch_index).copied().unwrap_or(false) {
             if let Some(w) = &watch {
                 if w.names(&file) {
                     reload(routes, shared, &mut retired);
@@ -433,7 +543,9 @@ fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
     }
     let (version, count) = (table.version(), table.len());
     let old = shared.table.swap(Arc::new(table));
-    shared.table_loaded_unix_ms.store(unix_ms(), Ordering::Relaxed);
+    shared
+        .table_loaded_unix_ms
+        .store(unix_ms(), Ordering::Relaxed);
     retired.push(old);
     info!(version = %VersionDisplay(version), routes = count, "routes loaded");
 }

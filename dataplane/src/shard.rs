@@ -82,7 +82,9 @@ struct Epoch {
 }
 
 enum Phase {
-    Hello { peeked: usize },
+    Hello {
+        peeked: usize,
+    },
     Connecting {
         epoch: Rc<Epoch>,
         route: RouteId,
@@ -224,8 +226,10 @@ impl<D: Driver> Shard<D> {
 
     fn arm_accept(&mut self, index: usize) {
         if let Some(listener) = &self.listeners[index] {
-            self.driver
-                .accept(Token::new(OpKind::Accept, index as u32, 0), listener.as_raw_fd());
+            self.driver.accept(
+                Token::new(OpKind::Accept, index as u32, 0),
+                listener.as_raw_fd(),
+            );
         }
     }
 
@@ -236,7 +240,11 @@ impl<D: Driver> Shard<D> {
             Some(OpKind::AcceptRetry) => {}
             Some(OpKind::Cancel) if c.token.slot() == u32::MAX => {}
             Some(kind) => self.on_conn_completion(kind, c),
-            None => warn!(shard = self.cfg.id, token = c.token.0, "completion with unknown token"),
+            None => warn!(
+                shard = self.cfg.id,
+                token = c.token.0,
+                "completion with unknown token"
+            ),
         }
     }
 
@@ -290,9 +298,8 @@ impl<D: Driver> Shard<D> {
 
     /// Takes a new client connection into the Hello phase.
     fn admit(&mut self, client: OwnedFd) {
-        if self.draining_until.is_some() {
-            return;
-        }
+        // An accept that completed while the listener was being cancelled
+        // (drain, upgrade) is still served: the client is already connected.
         let now = self.now_ms;
         let raw = client.as_raw_fd();
         let inserted = self.conns.insert_with(|_, _| Conn {
@@ -314,8 +321,12 @@ impl<D: Driver> Shard<D> {
         };
         self.stats.accepted.add(1);
         self.stats.active.add(1);
-        self.driver
-            .recv(Token::new(OpKind::Peek, slot, generation), raw, Group::Peek, true);
+        self.driver.recv(
+            Token::new(OpKind::Peek, slot, generation),
+            raw,
+            Group::Peek,
+            true,
+        );
         self.timers.push(Deadline {
             at_ms: now + self.cfg.hello_timeout.as_millis() as u64,
             slot,
@@ -350,14 +361,24 @@ impl<D: Driver> Shard<D> {
             OpKind::PeekPoll => {
                 let raw = conn.client.as_raw_fd();
                 conn.inflight += 1;
-                self.driver
-                    .recv(Token::new(OpKind::Peek, slot, generation), raw, Group::Peek, true);
+                self.driver.recv(
+                    Token::new(OpKind::Peek, slot, generation),
+                    raw,
+                    Group::Peek,
+                    true,
+                );
             }
             OpKind::Connect => self.on_connect(slot, generation, c),
             OpKind::ConnectTimeout | OpKind::Cancel => {}
-            OpKind::ReadClient | OpKind::WriteUpstream => self.on_forward(slot, generation, 0, kind, c),
-            OpKind::ReadUpstream | OpKind::WriteClient => self.on_forward(slot, generation, 1, kind, c),
-            OpKind::Accept | OpKind::Wake | OpKind::AcceptRetry => unreachable!("not a connection op"),
+            OpKind::ReadClient | OpKind::WriteUpstream => {
+                self.on_forward(slot, generation, 0, kind, c)
+            }
+            OpKind::ReadUpstream | OpKind::WriteClient => {
+                self.on_forward(slot, generation, 1, kind, c)
+            }
+            OpKind::Accept | OpKind::Wake | OpKind::AcceptRetry => {
+                unreachable!("not a connection op")
+            }
         }
     }
 
@@ -419,7 +440,9 @@ impl<D: Driver> Shard<D> {
             Decision::Close(reason) => self.close(slot, generation, reason),
             Decision::Route(route, first) => {
                 let epoch = Rc::clone(&self.epoch);
-                let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+                let Some(conn) = self.conns.get_mut(slot, generation) else {
+                    return;
+                };
                 conn.phase = Phase::Connecting {
                     epoch,
                     route,
@@ -429,8 +452,12 @@ impl<D: Driver> Shard<D> {
                 self.start_connect(slot, generation);
             }
             Decision::Wait(at_least) => {
-                let Some(conn) = self.conns.get_mut(slot, generation) else { return };
-                let Phase::Hello { peeked } = &mut conn.phase else { return };
+                let Some(conn) = self.conns.get_mut(slot, generation) else {
+                    return;
+                };
+                let Phase::Hello { peeked } = &mut conn.phase else {
+                    return;
+                };
                 if n <= *peeked {
                     // Readiness came without new bytes: the client closed
                     // (or failed) with half a hello.
@@ -455,7 +482,9 @@ impl<D: Driver> Shard<D> {
     /// Dials the next endpoint of the connection's route.
     fn start_connect(&mut self, slot: u32, generation: u16) {
         let default_timeout = self.cfg.connect_timeout;
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         let Phase::Connecting {
             epoch,
             route,
@@ -490,7 +519,9 @@ impl<D: Driver> Shard<D> {
     }
 
     fn on_connect(&mut self, slot: u32, generation: u16, c: Completion) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if let Err(e) = c.io_result() {
             match e.raw_os_error() {
                 Some(libc::ECONNREFUSED) => self.stats.connect_refused.add(1),
@@ -524,7 +555,9 @@ impl<D: Driver> Shard<D> {
                 self.balancer.started(route, index);
             }
         }
-        let Some(upstream) = conn.upstream.as_ref() else { return };
+        let Some(upstream) = conn.upstream.as_ref() else {
+            return;
+        };
         if conn.lowat_raised {
             let _ = sys::set_recv_lowat(conn.client.as_fd(), 1);
             conn.lowat_raised = false;
@@ -545,8 +578,12 @@ impl<D: Driver> Shard<D> {
     }
 
     fn arm_read(&mut self, slot: u32, generation: u16, d: usize) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
-        let Some(upstream) = conn.upstream.as_ref() else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let Some(upstream) = conn.upstream.as_ref() else {
+            return;
+        };
         let src = if d == 0 { &conn.client } else { upstream }.as_raw_fd();
         conn.inflight += 1;
         let token = Token::new(read_kind(d), slot, generation);
@@ -559,8 +596,12 @@ impl<D: Driver> Shard<D> {
     fn on_forward(&mut self, slot: u32, generation: u16, d: usize, kind: OpKind, c: Completion) {
         let now = self.now_ms;
         let mode = self.cfg.forward;
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
-        let Some(upstream) = conn.upstream.as_ref() else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let Some(upstream) = conn.upstream.as_ref() else {
+            return;
+        };
         let (src, dst) = if d == 0 {
             (conn.client.as_fd(), upstream.as_fd())
         } else {
@@ -626,7 +667,9 @@ impl<D: Driver> Shard<D> {
             return;
         }
         for (slot, generation, what) in std::mem::take(&mut self.starved) {
-            let Some(conn) = self.conns.get_mut(slot, generation) else { continue };
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
             if matches!(conn.phase, Phase::Closing) {
                 continue;
             }
@@ -634,8 +677,12 @@ impl<D: Driver> Shard<D> {
                 Starved::Peek => {
                     let raw = conn.client.as_raw_fd();
                     conn.inflight += 1;
-                    self.driver
-                        .recv(Token::new(OpKind::Peek, slot, generation), raw, Group::Peek, true);
+                    self.driver.recv(
+                        Token::new(OpKind::Peek, slot, generation),
+                        raw,
+                        Group::Peek,
+                        true,
+                    );
                 }
                 Starved::Dir(d) => {
                     // Resume as if the source were ready again.
@@ -648,7 +695,13 @@ impl<D: Driver> Shard<D> {
                         more: false,
                     };
                     match self.cfg.forward {
-                        ForwardMode::Splice => self.on_conn_completion(read_kind(d), Completion { result: libc::POLLIN as i32, ..fake }),
+                        ForwardMode::Splice => self.on_conn_completion(
+                            read_kind(d),
+                            Completion {
+                                result: libc::POLLIN as i32,
+                                ..fake
+                            },
+                        ),
                         ForwardMode::Copy => {
                             conn.inflight -= 1;
                             self.arm_read(slot, generation, d);
@@ -662,7 +715,9 @@ impl<D: Driver> Shard<D> {
     fn expire_timers(&mut self) {
         while let Some(deadline) = self.timers.pop_due(self.now_ms) {
             let (slot, generation) = (deadline.slot, deadline.generation);
-            let Some(conn) = self.conns.get_mut(slot, generation) else { continue };
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
             match (deadline.kind, &conn.phase) {
                 (TimerKind::Hello, Phase::Hello { .. }) => {
                     self.stats.hello_timeout.add(1);
@@ -674,7 +729,10 @@ impl<D: Driver> Shard<D> {
                     if due <= self.now_ms {
                         self.close(slot, generation, CloseReason::IdleTimeout);
                     } else {
-                        self.timers.push(Deadline { at_ms: due, ..deadline });
+                        self.timers.push(Deadline {
+                            at_ms: due,
+                            ..deadline
+                        });
                     }
                 }
                 _ => {}
@@ -700,7 +758,9 @@ impl<D: Driver> Shard<D> {
 
     /// Starts closing a connection: counts why, cancels what is in flight.
     fn close(&mut self, slot: u32, generation: u16, reason: CloseReason) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if matches!(conn.phase, Phase::Closing) {
             return;
         }
@@ -738,11 +798,15 @@ impl<D: Driver> Shard<D> {
 
     /// Frees a closing connection once nothing is in flight for it.
     fn finish_if_idle(&mut self, slot: u32, generation: u16) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else { return };
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
         if conn.inflight > 0 || !matches!(conn.phase, Phase::Closing) {
             return;
         }
-        let Some(mut conn) = self.conns.remove(slot) else { return };
+        let Some(mut conn) = self.conns.remove(slot) else {
+            return;
+        };
         for dir in &mut conn.dirs {
             dir.release(&mut self.pipes, &mut self.driver);
         }

@@ -131,7 +131,14 @@ impl SniKind {
                 partition,
                 datacenter,
                 trust_domain,
-            } => consul::service_sni(service, subset, namespace, partition, datacenter, trust_domain),
+            } => consul::service_sni(
+                service,
+                subset,
+                namespace,
+                partition,
+                datacenter,
+                trust_domain,
+            ),
             SniKind::Gateway {
                 datacenter,
                 partition,

@@ -103,15 +103,19 @@ impl Counter {
     /// is enough and avoids a locked instruction.
     #[inline]
     pub fn add(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_add(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Subtracts `n` (owning shard only).
     #[inline]
     pub fn sub(&self, n: u64) {
-        self.0
-            .store(self.0.load(Ordering::Relaxed).wrapping_sub(n), Ordering::Relaxed);
+        self.0.store(
+            self.0.load(Ordering::Relaxed).wrapping_sub(n),
+            Ordering::Relaxed,
+        );
     }
 
     /// Sets a gauge (owning shard only).

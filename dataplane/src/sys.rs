@@ -239,10 +239,17 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let want = size_of::<libc::signalfd_siginfo>();
     // SAFETY: reads exactly one siginfo into a live buffer of that size.
     let n = cvt_size(unsafe {
-        libc::read(fd.as_raw_fd(), (&mut info as *mut libc::signalfd_siginfo).cast(), want)
+        libc::read(
+            fd.as_raw_fd(),
+            (&mut info as *mut libc::signalfd_siginfo).cast(),
+            want,
+        )
     })?;
     if n != want {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short signalfd read"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "short signalfd read",
+        ));
     }
     Ok(info.ssi_signo)
 }
@@ -449,7 +456,13 @@ pub fn epoll_create() -> io::Result<OwnedFd> {
 ///
 /// # Errors
 /// The kernel's (`ENOENT`, `EEXIST`, `EBADF`).
-pub fn epoll_ctl(epoll: BorrowedFd<'_>, op: i32, fd: RawFd, events: u32, data: u64) -> io::Result<()> {
+pub fn epoll_ctl(
+    epoll: BorrowedFd<'_>,
+    op: i32,
+    fd: RawFd,
+    events: u32,
+    data: u64,
+) -> io::Result<()> {
     let mut event = libc::epoll_event { events, u64: data };
     // SAFETY: `event` is live for the call; the kernel copies it.
     cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), op, fd, &mut event) }).map(drop)
@@ -459,13 +472,21 @@ pub fn epoll_ctl(epoll: BorrowedFd<'_>, op: i32, fd: RawFd, events: u32, data: u
 ///
 /// # Errors
 /// The kernel's, except `EINTR`, which returns 0.
-pub fn epoll_wait(epoll: BorrowedFd<'_>, events: &mut [libc::epoll_event], timeout_ms: i32) -> io::Result<usize> {
+pub fn epoll_wait(
+    epoll: BorrowedFd<'_>,
+    events: &mut [libc::epoll_event],
+    timeout_ms: i32,
+) -> io::Result<usize> {
     let max = events.len().min(i32::MAX as usize) as i32;
     // SAFETY: `events` is a live, writable array of `max` entries.
     let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), max, timeout_ms) };
     if n < 0 {
         let e = io::Error::last_os_error();
-        return if e.raw_os_error() == Some(libc::EINTR) { Ok(0) } else { Err(e) };
+        return if e.raw_os_error() == Some(libc::EINTR) {
+            Ok(0)
+        } else {
+            Err(e)
+        };
     }
     Ok(n as usize)
 }
@@ -553,4 +574,106 @@ pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
 pub unsafe fn borrow_raw<'a>(fd: RawFd) -> BorrowedFd<'a> {
     // SAFETY: the caller guarantees `fd` is open for `'a`.
     unsafe { BorrowedFd::borrow_raw(fd) }
+}
+
+/// Most descriptors one upgrade message carries.
+pub const MAX_PASSED_FDS: usize = 253;
+
+/// Sends `payload` with `fds` attached (`SCM_RIGHTS`) over a Unix stream.
+///
+/// # Errors
+/// The kernel's; `InvalidInput` for more than [`MAX_PASSED_FDS`] descriptors
+/// or an empty payload.
+pub fn send_fds(sock: BorrowedFd<'_>, payload: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+    if fds.len() > MAX_PASSED_FDS || payload.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "bad fd message",
+        ));
+    }
+    let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
+    let fd_bytes = std::mem::size_of_val(raw.as_slice());
+    // SAFETY: CMSG_SPACE is a pure computation on a length.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u8; space.max(1)];
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr().cast_mut().cast(),
+        iov_len: payload.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the pointers set below stay live for
+    // the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if !raw.is_empty() {
+        msg.msg_control = control.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `control` holds CMSG_SPACE(fd_bytes) bytes, so the first
+        // header and its data fit; the data is copied from a live Vec.
+        unsafe {
+            let cmsg = libc::CMSG_FIRSTHDR(&msg);
+            (*cmsg).cmsg_level = libc::SOL_SOCKET;
+            (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+            (*cmsg).cmsg_len = libc::CMSG_LEN(fd_bytes as u32) as _;
+            std::ptr::copy_nonoverlapping(
+                raw.as_ptr().cast::<u8>(),
+                libc::CMSG_DATA(cmsg),
+                fd_bytes,
+            );
+        }
+    }
+    // SAFETY: `msg` and everything it points at are live.
+    let n = cvt_size(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })?;
+    if n != payload.len() {
+        return Err(io::Error::new(io::ErrorKind::WriteZero, "short fd message"));
+    }
+    Ok(())
+}
+
+/// Receives one message and the descriptors attached to it (made
+/// close-on-exec). Returns the payload bytes read and the descriptors.
+///
+/// # Errors
+/// The kernel's; `UnexpectedEof` when the peer closed.
+pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    let fd_bytes = MAX_PASSED_FDS * size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE is a pure computation on a length.
+    let space = unsafe { libc::CMSG_SPACE(fd_bytes as u32) } as usize;
+    let mut control = vec![0u8; space];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; the pointers set below stay live for
+    // the recvmsg call.
+    let mut msg: libc::msghdr = unsafe { MaybeUninit::zeroed().assume_init() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space as _;
+    // SAFETY: `msg` and everything it points at are live and writable.
+    let n = cvt_size(unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) })?;
+    let mut fds = Vec::new();
+    // SAFETY: the kernel filled `control` with well-formed headers, which the
+    // CMSG_* walkers read within `msg_controllen`; every SCM_RIGHTS entry is
+    // a descriptor now owned by this process.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(cmsg);
+                let count =
+                    ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<RawFd>();
+                for i in 0..count {
+                    let fd = std::ptr::read_unaligned(data.cast::<RawFd>().add(i));
+                    fds.push(OwnedFd::from_raw_fd(fd));
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    if n == 0 && fds.is_empty() {
+        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed"));
+    }
+    Ok((n, fds))
 }

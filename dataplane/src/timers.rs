@@ -63,7 +63,12 @@ mod tests {
     fn pops_in_deadline_order_and_only_when_due() {
         let mut t = Timers::default();
         for (at, slot) in [(30, 1), (10, 2), (20, 3)] {
-            t.push(Deadline { at_ms: at, slot, generation: 0, kind: TimerKind::Idle });
+            t.push(Deadline {
+                at_ms: at,
+                slot,
+                generation: 0,
+                kind: TimerKind::Idle,
+            });
         }
         assert_eq!(t.next_at(), Some(10));
         assert!(t.pop_due(9).is_none());

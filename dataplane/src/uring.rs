@@ -205,7 +205,10 @@ impl Driver for Uring {
 
     fn send(&mut self, token: Token, fd: RawFd, group: Group, buffer: u16, offset: u32, len: u32) {
         let ring = self.group(group);
-        assert!(offset as usize + len as usize <= ring.size, "send past buffer end");
+        assert!(
+            offset as usize + len as usize <= ring.size,
+            "send past buffer end"
+        );
         let ptr = ring.buffer_ptr(buffer).wrapping_add(offset as usize);
         let entry = opcode::Send::new(types::Fd(fd), ptr, len)
             .flags(libc::MSG_NOSIGNAL)
@@ -313,7 +316,10 @@ impl Drop for Uring {
                 return;
             }
             out.clear();
-            if self.wait(Some(Duration::from_millis(100)), &mut out).is_err() {
+            if self
+                .wait(Some(Duration::from_millis(100)), &mut out)
+                .is_err()
+            {
                 break;
             }
         }
@@ -338,9 +344,9 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
         .build(entries);
     match tuned {
         Ok(ring) => Ok(ring),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => IoUring::builder()
-            .setup_cqsize(entries * 8)
-            .build(entries),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            IoUring::builder().setup_cqsize(entries * 8).build(entries)
+        }
         Err(e) => Err(e),
     }
 }
@@ -358,7 +364,10 @@ struct BufRing {
 
 impl BufRing {
     fn new(ring: &IoUring, group: u16, count: u16, size: usize) -> io::Result<BufRing> {
-        assert!(count.is_power_of_two(), "buffer count must be a power of two");
+        assert!(
+            count.is_power_of_two(),
+            "buffer count must be a power of two"
+        );
         let entries_layout = Layout::from_size_align(
             usize::from(count) * std::mem::size_of::<types::BufRingEntry>(),
             4096,
@@ -382,12 +391,8 @@ impl BufRing {
         // it stays allocated until `Drop` of this BufRing, which `Uring`
         // orders after the ring itself is closed.
         unsafe {
-            ring.submitter().register_buf_ring_with_flags(
-                entries as u64,
-                count,
-                group,
-                0,
-            )?;
+            ring.submitter()
+                .register_buf_ring_with_flags(entries as u64, count, group, 0)?;
         }
         for bid in 0..count {
             this.recycle(bid);
@@ -398,7 +403,10 @@ impl BufRing {
     fn buffer_ptr(&self, bid: u16) -> *mut u8 {
         assert!(bid < self.count, "buffer id out of range");
         let memory = self.memory.as_ref().expect("buffer memory present");
-        memory.as_ptr().wrapping_add(usize::from(bid) * self.size).cast_mut()
+        memory
+            .as_ptr()
+            .wrapping_add(usize::from(bid) * self.size)
+            .cast_mut()
     }
 
     fn filled(&self, bid: u16, len: usize) -> &[u8] {

@@ -13,6 +13,28 @@
 //! It does no I/O, starts no threads and never reads a clock: everything is a
 //! pure function of its inputs, so the data plane can call it on its hot path
 //! and the agent and `meshgate check` can share the same validation.
+//!
+//! ```
+//! use routing_table::{consul, Balancer, Format, MatchKind, Table};
+//!
+//! let td = "11111111-2222-3333-4444-555555555555.consul";
+//! let text = format!(
+//!     r#"version = 1
+//!        [[routes]]
+//!        sni = "{}"
+//!        endpoints = ["198.18.0.10:8443", {{ address = "198.18.0.11:8443", weight = 3 }}]"#,
+//!     consul::gateway_wildcard("dc2", "", td),
+//! );
+//! let table = Table::parse(&text, Format::Toml)?;
+//! let mut balancer = Balancer::new(&table, 1);
+//!
+//! let sni = consul::service_sni("api", "", "", "", "dc2", td);
+//! let hit = table.lookup(sni.as_bytes()).expect("routed");
+//! assert!(matches!(hit.kind, MatchKind::Wildcard { .. }));
+//! let endpoint = hit.route.endpoints[balancer.pick(&table, hit.id)];
+//! assert_eq!(endpoint.addr.port(), 8443);
+//! # Ok::<(), routing_table::SnapshotError>(())
+//! ```
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -17,38 +17,89 @@ pub const MAX_LABEL_LEN: usize = 63;
 /// Stack buffer large enough for any valid name.
 pub(crate) type NameBuf = [u8; 256];
 
+/// Maps each byte to its normalized form: letters lower-cased, digits, `-`,
+/// `_` and `.` kept, everything else 0 (invalid).
+static NORMAL: [u8; 256] = {
+    let mut table = [0; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = match c {
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' => c,
+            b'A'..=b'Z' => c | 0x20,
+            _ => 0,
+        };
+        b += 1;
+    }
+    table
+};
+
 /// Checks `name` and writes its normalized form (ASCII lower-case, one
 /// trailing dot removed) into `buf`, returning that part of `buf`.
 ///
 /// A valid name is 1..=[`MAX_NAME_LEN`] bytes of labels of `[A-Za-z0-9_-]`,
 /// each 1..=[`MAX_LABEL_LEN`] bytes, separated by single dots.
+///
+/// This is on the lookup path: one table load per byte, and a branch only at
+/// dots; the precise error is worked out afterwards, off the fast path.
+#[inline]
 pub(crate) fn normalize_into<'b>(name: &[u8], buf: &'b mut NameBuf) -> Result<&'b [u8], NameError> {
     let name = name.strip_suffix(b".").unwrap_or(name);
-    if name.is_empty() {
-        return Err(NameError::Empty);
-    }
-    if name.len() > MAX_NAME_LEN {
-        return Err(NameError::TooLong {
-            len: name.len(),
-            max: MAX_NAME_LEN,
-        });
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(diagnose(name));
     }
     let out = &mut buf[..name.len()];
+    let mut invalid = false;
     let mut label_start = 0;
+    let mut bad_label = false;
     for (offset, (&byte, slot)) in name.iter().zip(out.iter_mut()).enumerate() {
-        *slot = match byte {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => byte,
-            b'A'..=b'Z' => byte | 0x20,
-            b'.' => {
-                check_label(label_start, offset)?;
-                label_start = offset + 1;
-                byte
-            }
-            _ => return Err(NameError::InvalidByte { byte, offset }),
+        let c = NORMAL[usize::from(byte)];
+        *slot = c;
+        invalid |= c == 0;
+        if c == b'.' {
+            bad_label |= offset == label_start || offset - label_start > MAX_LABEL_LEN;
+            label_start = offset + 1;
+        }
+    }
+    bad_label |= name.len() - label_start > MAX_LABEL_LEN;
+    // A trailing dot was stripped above, so the last label is empty only if
+    // the name ended in two dots; that shows up as an empty label or an
+    // empty name.
+    bad_label |= label_start == name.len();
+    if invalid || bad_label {
+        return Err(diagnose(name));
+    }
+    Ok(out)
+}
+
+/// The first problem in an invalid `name` (trailing dot already removed).
+#[cold]
+fn diagnose(name: &[u8]) -> NameError {
+    if name.is_empty() {
+        return NameError::Empty;
+    }
+    if name.len() > MAX_NAME_LEN {
+        return NameError::TooLong {
+            len: name.len(),
+            max: MAX_NAME_LEN,
         };
     }
-    check_label(label_start, name.len())?;
-    Ok(out)
+    let mut label_start = 0;
+    for (offset, &byte) in name.iter().enumerate() {
+        if byte == b'.' {
+            if let Err(e) = check_label(label_start, offset) {
+                return e;
+            }
+            label_start = offset + 1;
+        } else if NORMAL[usize::from(byte)] == 0 {
+            return NameError::InvalidByte { byte, offset };
+        }
+    }
+    match check_label(label_start, name.len()) {
+        Err(e) => e,
+        // Unreachable for names `normalize_into` refused; be safe anyway.
+        Ok(()) => NameError::Empty,
+    }
 }
 
 fn check_label(start: usize, end: usize) -> Result<(), NameError> {
