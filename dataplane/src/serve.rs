@@ -118,6 +118,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         )));
     }
     let nofile = sys::raise_nofile_limit().unwrap_or(0);
+    warn_low_limits(nofile, &args);
     let table = load_routes(&args.routes)?;
     let cpus =
         sys::usable_cpus().map_err(|e| ServeError::Internal(format!("sched_getaffinity: {e}")))?;
@@ -548,6 +549,35 @@ fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
         .store(unix_ms(), Ordering::Relaxed);
     retired.push(old);
     info!(version = %VersionDisplay(version), routes = count, "routes loaded");
+}
+
+/// Warns once, at start, about host limits meshgate depends on, naming the
+/// sysctl preset (`scripts/tune.sh apply edge-gateway`) that raises them.
+fn warn_low_limits(nofile: u64, args: &ServeArgs) {
+    const FIX: &str = "scripts/tune.sh apply edge-gateway";
+    let read = |key: &str| -> Option<u64> {
+        std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
+            .ok()?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    };
+    // Two sockets per forwarded connection, and room for pipes.
+    let wanted_files = (args.max_connections as u64).saturating_mul(2).min(1 << 20);
+    if nofile < wanted_files {
+        warn!(limit = nofile, wanted = wanted_files, fix = FIX, "open-file limit (RLIMIT_NOFILE) is below what --max-connections needs; raise LimitNOFILE / fs.nr_open");
+    }
+    if let Some(v) = read("net.core.somaxconn").filter(|&v| v < 4096) {
+        warn!(value = v, wanted = 4096, fix = FIX, "net.core.somaxconn limits the accept queue");
+    }
+    if args.forward == ForwardMode::Splice {
+        // Room for 1,024 directions holding a full pipe at once.
+        let pages = (args.pipe_size as u64).div_ceil(4096).saturating_mul(1024);
+        if let Some(v) = read("fs.pipe-user-pages-soft").filter(|&v| v != 0 && v < pages) {
+            warn!(value = v, wanted = pages, fix = FIX, "fs.pipe-user-pages-soft is low for --pipe-size; pipes past it shrink to one page");
+        }
+    }
 }
 
 fn unix_ms() -> u64 {
