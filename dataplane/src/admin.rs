@@ -3,6 +3,7 @@
 //! data path, answers one small request per connection, and only reads what
 //! the shards publish (their counters) and the table pointer.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tracing::{debug, warn};
 
 use crate::shard::Shared;
-use crate::stats::ShardStats;
+use crate::stats::{Histogram, ShardStats, CONNECT_BUCKETS, DURATION_BUCKETS};
 
 /// What the admin thread reads.
 #[derive(Debug)]
@@ -208,6 +209,23 @@ pub fn metrics(state: &AdminState) -> String {
     for (i, s) in state.shards.iter().enumerate() {
         let _ = writeln!(out, "meshgate_pipes{{shard=\"{i}\"}} {}", s.pipes.get());
     }
+    render_routes(&mut out, state);
+    render_histogram(
+        &mut out,
+        state,
+        "meshgate_upstream_connect_seconds",
+        "Time to connect to the upstream endpoint.",
+        &CONNECT_BUCKETS,
+        |s| &s.connect_time,
+    );
+    render_histogram(
+        &mut out,
+        state,
+        "meshgate_connection_duration_seconds",
+        "Lifetime of forwarded connections, from accept to close.",
+        &DURATION_BUCKETS,
+        |s| &s.duration,
+    );
     let table = state.shared.table.load();
     let loaded_at = state.shared.table_loaded_unix_ms.load(Ordering::Relaxed);
     let now_ms = SystemTime::now()
@@ -234,4 +252,64 @@ pub fn metrics(state: &AdminState) -> String {
         state.started.elapsed().as_secs_f64()
     );
     out
+}
+
+/// Per-route counters, summed over shards.
+fn render_routes(out: &mut String, state: &AdminState) {
+    let mut per_route: BTreeMap<String, [u64; 5]> = BTreeMap::new();
+    for shard in &state.shards {
+        shard.routes.for_each(|name, c| {
+            let e = per_route.entry(name.to_string()).or_default();
+            e[0] += c.opened.get();
+            e[1] += c.active.get();
+            e[2] += c.connect_failed.get();
+            e[3] += c.bytes_to_upstream.get();
+            e[4] += c.bytes_to_client.get();
+        });
+    }
+    let families: [(&str, &str, &str); 5] = [
+        ("meshgate_route_connections_total", "counter", "Connections routed, per route."),
+        ("meshgate_route_connections_active", "gauge", "Open connections, per route."),
+        ("meshgate_route_connect_failures_total", "counter", "Connections for which every endpoint of the route failed."),
+        ("meshgate_route_sent_to_upstream_bytes_total", "counter", "Bytes forwarded from clients to the route's upstreams."),
+        ("meshgate_route_sent_to_client_bytes_total", "counter", "Bytes forwarded from the route's upstreams to clients."),
+    ];
+    for (i, (name, kind, help)) in families.iter().enumerate() {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (route, values) in &per_route {
+            // Route patterns hold only [a-z0-9._*-], nothing to escape.
+            let _ = writeln!(out, "{name}{{route=\"{route}\"}} {}", values[i]);
+        }
+    }
+}
+
+/// One histogram, summed over shards, with cumulative buckets.
+fn render_histogram(
+    out: &mut String,
+    state: &AdminState,
+    name: &str,
+    help: &str,
+    bounds: &[f64; 14],
+    pick: fn(&ShardStats) -> &Histogram,
+) {
+    let mut buckets = [0u64; 15];
+    let (mut sum_micros, mut count) = (0u64, 0u64);
+    for shard in &state.shards {
+        let h = pick(shard);
+        for (total, b) in buckets.iter_mut().zip(h.buckets.iter()) {
+            *total += b.get();
+        }
+        sum_micros += h.sum_micros.get();
+        count += h.count.get();
+    }
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    let mut cumulative = 0;
+    for (bound, n) in bounds.iter().zip(buckets.iter()) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+    }
+    cumulative += buckets[14];
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+    let _ = writeln!(out, "{name}_sum {:.6}", sum_micros as f64 / 1e6);
+    let _ = writeln!(out, "{name}_count {count}");
 }

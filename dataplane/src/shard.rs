@@ -33,7 +33,7 @@ use crate::forward::{Dir, ForwardMode, Step};
 use crate::hello::{self, Outcome, MAX_HELLO_BYTES};
 use crate::pipes::PipePool;
 use crate::slab::Slab;
-use crate::stats::{CloseReason, ShardStats};
+use crate::stats::{CloseReason, ShardRoutes, ShardStats, CONNECT_BUCKETS, DURATION_BUCKETS};
 use crate::sys;
 use crate::timers::{Deadline, TimerKind, Timers};
 
@@ -109,6 +109,12 @@ struct Conn {
     accepted_ms: u64,
     /// The endpoint in use: (epoch generation, route, endpoint index).
     endpoint: Option<(u32, RouteId, usize)>,
+    /// Index of the route's counters in the shard's [`ShardRoutes`].
+    route_stats: Option<u32>,
+    /// When the current connect attempt started.
+    connect_started: Option<Instant>,
+    /// The connection reached the Forwarding phase.
+    forwarded: bool,
     reason: CloseReason,
 }
 
@@ -133,6 +139,7 @@ pub struct Shard<D: Driver> {
     pipes: PipePool,
     timers: Timers,
     stats: Arc<ShardStats>,
+    routes: ShardRoutes,
     scratch: Box<[u8]>,
     starved: Vec<(u32, u16, Starved)>,
     completions: Vec<Completion>,
@@ -173,6 +180,7 @@ impl<D: Driver> Shard<D> {
             balancer,
             timers: Timers::default(),
             stats,
+            routes: ShardRoutes::default(),
             scratch: vec![0u8; MAX_HELLO_BYTES].into_boxed_slice(),
             starved: Vec::new(),
             completions: Vec::with_capacity(1024),
@@ -312,6 +320,9 @@ impl<D: Driver> Shard<D> {
             last_active_ms: now,
             accepted_ms: now,
             endpoint: None,
+            route_stats: None,
+            connect_started: None,
+            forwarded: false,
             reason: CloseReason::Done,
         });
         let Some((slot, generation)) = inserted else {
@@ -410,7 +421,7 @@ impl<D: Driver> Shard<D> {
         };
         self.refresh_table();
         enum Decision {
-            Route(RouteId, usize),
+            Route(RouteId, usize, u32),
             Wait(usize),
             Close(CloseReason),
         }
@@ -420,7 +431,8 @@ impl<D: Driver> Shard<D> {
                 Outcome::Sni { name, .. } => match self.epoch.table.lookup(name) {
                     Some(m) => {
                         debug!(shard = self.cfg.id, sni = %String::from_utf8_lossy(name), route = %m.route.sni, "routed");
-                        Decision::Route(m.id, self.balancer.pick(&self.epoch.table, m.id))
+                        let stats = self.routes.index_of(&m.route.sni, &self.stats.routes);
+                        Decision::Route(m.id, self.balancer.pick(&self.epoch.table, m.id), stats)
                     }
                     None => {
                         debug!(shard = self.cfg.id, sni = %String::from_utf8_lossy(name), "no route for name");
@@ -438,11 +450,15 @@ impl<D: Driver> Shard<D> {
         self.driver.recycle(Group::Peek, bid);
         match decision {
             Decision::Close(reason) => self.close(slot, generation, reason),
-            Decision::Route(route, first) => {
+            Decision::Route(route, first, stats) => {
                 let epoch = Rc::clone(&self.epoch);
                 let Some(conn) = self.conns.get_mut(slot, generation) else {
                     return;
                 };
+                let counters = self.routes.get(stats);
+                counters.opened.add(1);
+                counters.active.add(1);
+                conn.route_stats = Some(stats);
                 conn.phase = Phase::Connecting {
                     epoch,
                     route,
@@ -508,6 +524,7 @@ impl<D: Driver> Shard<D> {
         let raw = fd.as_raw_fd();
         conn.upstream = Some(fd);
         conn.endpoint = Some((epoch.generation, *route, index));
+        conn.connect_started = Some(Instant::now());
         conn.inflight += 2;
         self.driver.connect(
             Token::new(OpKind::Connect, slot, generation),
@@ -550,6 +567,12 @@ impl<D: Driver> Shard<D> {
         }
         // Connected: forget the table, start both directions.
         conn.phase = Phase::Forwarding;
+        conn.forwarded = true;
+        if let Some(started) = conn.connect_started {
+            self.stats
+                .connect_time
+                .record(&CONNECT_BUCKETS, started.elapsed().as_micros() as u64);
+        }
         if let Some((epoch, route, index)) = conn.endpoint {
             if epoch == self.epoch.generation {
                 self.balancer.started(route, index);
@@ -616,10 +639,17 @@ impl<D: Driver> Shard<D> {
         let moved = conn.dirs[d].bytes - before;
         if moved > 0 {
             conn.last_active_ms = now;
+            let route = conn.route_stats.map(|i| self.routes.get(i));
             if d == 0 {
                 self.stats.bytes_to_upstream.add(moved);
+                if let Some(r) = route {
+                    r.bytes_to_upstream.add(moved);
+                }
             } else {
                 self.stats.bytes_to_client.add(moved);
+                if let Some(r) = route {
+                    r.bytes_to_client.add(moved);
+                }
             }
         }
         self.stats.pipes.set(self.pipes.live() as u64);
@@ -770,7 +800,12 @@ impl<D: Driver> Shard<D> {
             CloseReason::BadHello(_) => self.stats.bad_hello.add(1),
             CloseReason::NoSni => self.stats.no_sni.add(1),
             CloseReason::UnknownSni => self.stats.unknown_sni.add(1),
-            CloseReason::UpstreamUnreachable => self.stats.upstream_unreachable.add(1),
+            CloseReason::UpstreamUnreachable => {
+                self.stats.upstream_unreachable.add(1);
+                if let Some(i) = conn.route_stats {
+                    self.routes.get(i).connect_failed.add(1);
+                }
+            }
             CloseReason::IdleTimeout => self.stats.idle_timeout.add(1),
             _ => {}
         }
@@ -816,6 +851,13 @@ impl<D: Driver> Shard<D> {
             }
         }
         self.stats.active.sub(1);
+        if let Some(i) = conn.route_stats {
+            self.routes.get(i).active.sub(1);
+        }
+        if conn.forwarded {
+            let micros = self.now_ms.saturating_sub(conn.accepted_ms) * 1000;
+            self.stats.duration.record(&DURATION_BUCKETS, micros);
+        }
         debug!(
             shard = self.cfg.id,
             reason = conn.reason.label(),

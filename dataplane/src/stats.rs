@@ -92,6 +92,12 @@ pub struct ShardStats {
     pub bytes_to_client: Counter,
     /// Pipes currently created by the shard (pooled or holding bytes).
     pub pipes: Counter,
+    /// Upstream connect time.
+    pub connect_time: Histogram,
+    /// Forwarded connection duration.
+    pub duration: Histogram,
+    /// Per-route counters.
+    pub routes: RouteRegistry,
 }
 
 /// A counter written by one thread and read by others.
@@ -127,5 +133,105 @@ impl Counter {
     /// Current value.
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one route on one shard.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    /// Connections routed here.
+    pub opened: Counter,
+    /// Connections routed here and still open.
+    pub active: Counter,
+    /// Connections for which every endpoint of the route failed.
+    pub connect_failed: Counter,
+    /// Bytes forwarded client to upstream.
+    pub bytes_to_upstream: Counter,
+    /// Bytes forwarded upstream to client.
+    pub bytes_to_client: Counter,
+}
+
+/// The routes a shard has counted, by route pattern, readable by the admin
+/// thread. The shard takes the lock only when it meets a route for the first
+/// time; the per-connection path uses its own index (see
+/// [`ShardRoutes`]) and never locks.
+#[derive(Debug, Default)]
+pub struct RouteRegistry {
+    entries: std::sync::Mutex<Vec<(std::sync::Arc<str>, std::sync::Arc<RouteCounters>)>>,
+}
+
+impl RouteRegistry {
+    /// Calls `f` with every (route pattern, counters) pair.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &RouteCounters)) {
+        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (name, counters) in entries.iter() {
+            f(name, counters);
+        }
+    }
+}
+
+/// A shard's own view of its route counters: pattern -> index, and the
+/// counters by index.
+#[derive(Debug, Default)]
+pub struct ShardRoutes {
+    index: std::collections::HashMap<std::sync::Arc<str>, u32>,
+    counters: Vec<std::sync::Arc<RouteCounters>>,
+}
+
+impl ShardRoutes {
+    /// The index of `pattern`'s counters, registering them on first use.
+    pub fn index_of(&mut self, pattern: &str, registry: &RouteRegistry) -> u32 {
+        if let Some(&i) = self.index.get(pattern) {
+            return i;
+        }
+        let name: std::sync::Arc<str> = pattern.into();
+        let counters = std::sync::Arc::new(RouteCounters::default());
+        registry
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push((std::sync::Arc::clone(&name), std::sync::Arc::clone(&counters)));
+        let i = self.counters.len() as u32;
+        self.counters.push(counters);
+        self.index.insert(name, i);
+        i
+    }
+
+    /// The counters at `index`.
+    pub fn get(&self, index: u32) -> &RouteCounters {
+        &self.counters[index as usize]
+    }
+}
+
+/// Upper bounds (seconds) of the upstream connect time histogram.
+pub const CONNECT_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+/// Upper bounds (seconds) of the connection duration histogram.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0, 900.0, 1800.0, 3600.0,
+];
+
+/// A fixed-bucket histogram written by one shard (non-cumulative buckets;
+/// the reader accumulates them for Prometheus).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Counts per bucket of the bounds passed to `record`, plus overflow.
+    pub buckets: [Counter; 15],
+    /// Sum of observations in microseconds.
+    pub sum_micros: Counter,
+    /// Number of observations.
+    pub count: Counter,
+}
+
+impl Histogram {
+    /// Records one observation of `micros` against `bounds` (seconds).
+    pub fn record(&self, bounds: &[f64; 14], micros: u64) {
+        let secs = micros as f64 / 1e6;
+        let i = bounds.iter().position(|&b| secs <= b).unwrap_or(bounds.len());
+        self.buckets[i].add(1);
+        self.sum_micros.add(micros);
+        self.count.add(1);
     }
 }
