@@ -25,6 +25,8 @@ pub struct AdminState {
     pub shards: Vec<Arc<ShardStats>>,
     /// When the process started.
     pub started: Instant,
+    /// The access log, to report dropped lines.
+    pub access_log: Option<crate::accesslog::AccessLog>,
 }
 
 /// Binds the admin listener.
@@ -208,6 +210,13 @@ pub fn metrics(state: &AdminState) -> String {
     );
     for (i, s) in state.shards.iter().enumerate() {
         let _ = writeln!(out, "meshgate_pipes{{shard=\"{i}\"}} {}", s.pipes.get());
+    }
+    if let Some(log) = &state.access_log {
+        let _ = writeln!(
+            out,
+            "# HELP meshgate_access_log_dropped_total Access log lines dropped because the writer fell behind.\n# TYPE meshgate_access_log_dropped_total counter\nmeshgate_access_log_dropped_total {}",
+            log.dropped()
+        );
     }
     render_routes(&mut out, state);
     render_histogram(

@@ -126,6 +126,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
     pub copy_buffer_size: usize,
 
+    /// Write one JSON line per finished connection to this file (`-` for
+    /// stdout). Written by its own thread; if it falls behind, lines are
+    /// dropped and counted, never delaying traffic. Default: off.
+    #[arg(long, value_name = "PATH|-")]
+    pub access_log: Option<PathBuf>,
+
     /// Unix socket for zero-downtime upgrades. At start, if a running
     /// meshgate answers on it, this process takes over its listening
     /// sockets and the old one drains and exits; then this process listens

@@ -3,6 +3,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod accesslog;
 mod admin;
 mod cli;
 mod driver;

@@ -23,6 +23,7 @@ use routing_table::{check_successor, Format, Table};
 use socket2::{Domain, Protocol, Socket, Type};
 use tracing::{error, info, warn};
 
+use crate::accesslog::AccessLog;
 use crate::admin;
 use crate::cli::{Engine, ServeArgs};
 use crate::epoll::Epoll;
@@ -195,6 +196,12 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         io_buffer_size: args.copy_buffer_size,
     };
     let engine = choose_engine(args.engine)?;
+    let access_log = args
+        .access_log
+        .as_deref()
+        .map(AccessLog::start)
+        .transpose()
+        .map_err(|e| ServeError::Unreadable(format!("--access-log: {e}")))?;
     let max_per_shard = args.max_connections.div_ceil(shards).max(1);
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), io::Error>>();
     let mut handles = Vec::with_capacity(shards);
@@ -209,6 +216,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             pipe_size: args.pipe_size,
             pipe_pool: 64,
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
+            access_log: access_log.clone(),
         };
         let cpu = cpus.get(id % cpus.len().max(1)).copied();
         let wake =
@@ -258,6 +266,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .local_addr()
             .map_err(|e| ServeError::Internal(format!("admin address: {e}")))?;
         let state = admin::AdminState {
+            access_log: access_log.clone(),
             shared: Arc::clone(&shared),
             shards: handles.iter().map(|h| Arc::clone(&h.stats)).collect(),
             started,

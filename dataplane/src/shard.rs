@@ -28,6 +28,7 @@ use arc_swap::{ArcSwap, Cache};
 use routing_table::{Balancer, RouteId, Table};
 use tracing::{debug, warn};
 
+use crate::accesslog::{AccessLog, Record};
 use crate::driver::{Completion, Driver, Group, Interest, OpKind, Token};
 use crate::forward::{Dir, ForwardMode, Step};
 use crate::hello::{self, Outcome, MAX_HELLO_BYTES};
@@ -58,6 +59,8 @@ pub struct ShardConfig {
     pub pipe_pool: usize,
     /// How long established connections may finish after a stop.
     pub drain_timeout: Duration,
+    /// Where finished connections are logged, if anywhere.
+    pub access_log: Option<AccessLog>,
 }
 
 /// State shared by the control thread and every shard.
@@ -116,6 +119,16 @@ struct Conn {
     /// The connection reached the Forwarding phase.
     forwarded: bool,
     reason: CloseReason,
+    /// What the access log needs; only allocated when it is on.
+    log: Option<Box<LogInfo>>,
+}
+
+#[derive(Default)]
+struct LogInfo {
+    start_unix_ms: u64,
+    client: Option<std::net::SocketAddr>,
+    sni: Option<Box<str>>,
+    endpoint: Option<std::net::SocketAddr>,
 }
 
 /// Work that waits for a resource (a buffer or a pipe) to come back.
@@ -310,6 +323,18 @@ impl<D: Driver> Shard<D> {
         // (drain, upgrade) is still served: the client is already connected.
         let now = self.now_ms;
         let raw = client.as_raw_fd();
+        let log = self.cfg.access_log.is_some().then(|| {
+            Box::new(LogInfo {
+                start_unix_ms: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64),
+                client: socket2::SockRef::from(&client)
+                    .peer_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket()),
+                ..LogInfo::default()
+            })
+        });
         let inserted = self.conns.insert_with(|_, _| Conn {
             client,
             upstream: None,
@@ -324,6 +349,7 @@ impl<D: Driver> Shard<D> {
             connect_started: None,
             forwarded: false,
             reason: CloseReason::Done,
+            log,
         });
         let Some((slot, generation)) = inserted else {
             // The closure was not run, so the descriptor was dropped (closed).
@@ -425,9 +451,15 @@ impl<D: Driver> Shard<D> {
             Wait(usize),
             Close(CloseReason),
         }
+        let logging = self.cfg.access_log.is_some();
+        let mut sni_for_log: Option<Box<str>> = None;
         let decision = {
             let data = self.driver.buffer(Group::Peek, bid, n);
-            match hello::parse(data, &mut self.scratch) {
+            let outcome = hello::parse(data, &mut self.scratch);
+            if let (true, Outcome::Sni { name, .. }) = (logging, &outcome) {
+                sni_for_log = Some(String::from_utf8_lossy(name).into());
+            }
+            match outcome {
                 Outcome::Sni { name, .. } => match self.epoch.table.lookup(name) {
                     Some(m) => {
                         debug!(shard = self.cfg.id, sni = %String::from_utf8_lossy(name), route = %m.route.sni, "routed");
@@ -448,6 +480,11 @@ impl<D: Driver> Shard<D> {
             }
         };
         self.driver.recycle(Group::Peek, bid);
+        if let Some(sni) = sni_for_log {
+            if let Some(log) = self.conns.get_mut(slot, generation).and_then(|c| c.log.as_mut()) {
+                log.sni = Some(sni);
+            }
+        }
         match decision {
             Decision::Close(reason) => self.close(slot, generation, reason),
             Decision::Route(route, first, stats) => {
@@ -566,6 +603,11 @@ impl<D: Driver> Shard<D> {
             return self.close(slot, generation, CloseReason::UpstreamUnreachable);
         }
         // Connected: forget the table, start both directions.
+        if let (Some(log), Phase::Connecting { epoch, route, .. }, Some((_, _, index))) =
+            (conn.log.as_mut(), &conn.phase, conn.endpoint)
+        {
+            log.endpoint = Some(epoch.table.route(*route).endpoints[index].addr);
+        }
         conn.phase = Phase::Forwarding;
         conn.forwarded = true;
         if let Some(started) = conn.connect_started {
@@ -857,6 +899,19 @@ impl<D: Driver> Shard<D> {
         if conn.forwarded {
             let micros = self.now_ms.saturating_sub(conn.accepted_ms) * 1000;
             self.stats.duration.record(&DURATION_BUCKETS, micros);
+        }
+        if let (Some(access_log), Some(log)) = (&self.cfg.access_log, conn.log.take()) {
+            access_log.log(Record {
+                start_unix_ms: log.start_unix_ms,
+                client: log.client,
+                sni: log.sni,
+                route: conn.route_stats.map(|i| Arc::clone(self.routes.name(i))),
+                endpoint: log.endpoint,
+                bytes_to_upstream: conn.dirs[0].bytes,
+                bytes_to_client: conn.dirs[1].bytes,
+                duration_ms: self.now_ms.saturating_sub(conn.accepted_ms),
+                end: conn.reason.label(),
+            });
         }
         debug!(
             shard = self.cfg.id,

@@ -176,6 +176,7 @@ impl RouteRegistry {
 pub struct ShardRoutes {
     index: std::collections::HashMap<std::sync::Arc<str>, u32>,
     counters: Vec<std::sync::Arc<RouteCounters>>,
+    names: Vec<std::sync::Arc<str>>,
 }
 
 impl ShardRoutes {
@@ -193,6 +194,7 @@ impl ShardRoutes {
             .push((std::sync::Arc::clone(&name), std::sync::Arc::clone(&counters)));
         let i = self.counters.len() as u32;
         self.counters.push(counters);
+        self.names.push(std::sync::Arc::clone(&name));
         self.index.insert(name, i);
         i
     }
@@ -200,6 +202,11 @@ impl ShardRoutes {
     /// The counters at `index`.
     pub fn get(&self, index: u32) -> &RouteCounters {
         &self.counters[index as usize]
+    }
+
+    /// The route pattern at `index`.
+    pub fn name(&self, index: u32) -> &std::sync::Arc<str> {
+        &self.names[index as usize]
     }
 }
 
