@@ -105,11 +105,14 @@ fn handle(stream: TcpStream, state: &AdminState) -> io::Result<()> {
     out.flush()
 }
 
+/// Reads one counter of a shard.
+type Getter = fn(&ShardStats) -> u64;
+
 /// Renders every counter in Prometheus text format.
 pub fn metrics(state: &AdminState) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
-    let counters: [(&str, &str, fn(&ShardStats) -> u64); 15] = [
+    let counters: [(&str, &str, Getter); 15] = [
         (
             "meshgate_connections_accepted_total",
             "Client connections accepted.",

@@ -1,0 +1,154 @@
+//! The Forwarding phase: arms each direction's next operation and turns
+//! its completions into the next step (see [`crate::forward`]).
+
+use std::os::fd::{AsFd, AsRawFd};
+
+use super::{read_kind, write_kind, Phase, Shard, Starved};
+use crate::driver::{Completion, Driver, Group, Interest, OpKind, Token};
+use crate::forward::{ForwardMode, Step};
+use crate::stats::CloseReason;
+use crate::sys;
+
+impl<D: Driver> Shard<D> {
+    pub(super) fn arm_read(&mut self, slot: u32, generation: u16, d: usize) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let Some(upstream) = conn.upstream.as_ref() else {
+            return;
+        };
+        let src = if d == 0 { &conn.client } else { upstream }.as_raw_fd();
+        conn.inflight += 1;
+        let token = Token::new(read_kind(d), slot, generation);
+        match self.cfg.forward {
+            ForwardMode::Splice => self.driver.poll(token, src, Interest::Read),
+            ForwardMode::Copy => self.driver.recv(token, src, Group::Io, false),
+        }
+    }
+
+    pub(super) fn on_forward(&mut self, slot: u32, generation: u16, d: usize, kind: OpKind, c: Completion) {
+        let now = self.now_ms;
+        let mode = self.cfg.forward;
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        let Some(upstream) = conn.upstream.as_ref() else {
+            return;
+        };
+        let (src, dst) = if d == 0 {
+            (conn.client.as_fd(), upstream.as_fd())
+        } else {
+            (upstream.as_fd(), conn.client.as_fd())
+        };
+        let is_read = kind == read_kind(d);
+        let before = conn.dirs[d].bytes;
+        let step = match mode {
+            ForwardMode::Splice => conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result),
+            ForwardMode::Copy => conn.dirs[d].on_copy(&mut self.driver, is_read, c),
+        };
+        let moved = conn.dirs[d].bytes - before;
+        if moved > 0 {
+            conn.last_active_ms = now;
+            let route = conn.route_stats.map(|i| self.routes.get(i));
+            if d == 0 {
+                self.stats.bytes_to_upstream.add(moved);
+                if let Some(r) = route {
+                    r.bytes_to_upstream.add(moved);
+                }
+            } else {
+                self.stats.bytes_to_client.add(moved);
+                if let Some(r) = route {
+                    r.bytes_to_client.add(moved);
+                }
+            }
+        }
+        self.stats.pipes.set(self.pipes.live() as u64);
+        match step {
+            Step::Read => self.arm_read(slot, generation, d),
+            Step::Write => {
+                let raw = dst.as_raw_fd();
+                conn.inflight += 1;
+                let token = Token::new(write_kind(d), slot, generation);
+                match mode {
+                    ForwardMode::Splice => self.driver.poll(token, raw, Interest::Write),
+                    ForwardMode::Copy => conn.dirs[d].send_pending(&mut self.driver, token, raw),
+                }
+            }
+            Step::Eof => {
+                // Pass the half-close on; the other direction keeps going.
+                let _ = sys::shutdown_write(dst);
+                conn.dirs[d].finish();
+                if conn.dirs[1 - d].is_done() {
+                    self.close(slot, generation, CloseReason::Done);
+                }
+            }
+            Step::Starved => self.starved.push((slot, generation, Starved::Dir(d))),
+            Step::SourceFailed => {
+                let reason = if d == 0 {
+                    CloseReason::ClientError
+                } else {
+                    CloseReason::UpstreamError
+                };
+                self.close(slot, generation, reason)
+            }
+            Step::DestinationFailed => {
+                let reason = if d == 0 {
+                    CloseReason::UpstreamError
+                } else {
+                    CloseReason::ClientError
+                };
+                self.close(slot, generation, reason)
+            }
+        }
+    }
+
+    pub(super) fn retry_starved(&mut self) {
+        if self.starved.is_empty() {
+            return;
+        }
+        for (slot, generation, what) in std::mem::take(&mut self.starved) {
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
+            if matches!(conn.phase, Phase::Closing) {
+                continue;
+            }
+            match what {
+                Starved::Peek => {
+                    let raw = conn.client.as_raw_fd();
+                    conn.inflight += 1;
+                    self.driver.recv(
+                        Token::new(OpKind::Peek, slot, generation),
+                        raw,
+                        Group::Peek,
+                        true,
+                    );
+                }
+                Starved::Dir(d) => {
+                    // Resume as if the source were ready again.
+                    conn.inflight += 1;
+                    let token = Token::new(read_kind(d), slot, generation);
+                    let fake = Completion {
+                        token,
+                        result: 0,
+                        buffer: None,
+                        more: false,
+                    };
+                    match self.cfg.forward {
+                        ForwardMode::Splice => self.on_conn_completion(
+                            read_kind(d),
+                            Completion {
+                                result: libc::POLLIN as i32,
+                                ..fake
+                            },
+                        ),
+                        ForwardMode::Copy => {
+                            conn.inflight -= 1;
+                            self.arm_read(slot, generation, d);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
