@@ -65,7 +65,8 @@ impl AccessLog {
 
     /// Queues a record without blocking; counts it as dropped if the queue is full.
     pub fn log(&self, record: Record) {
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record) {
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(record)
+        {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

@@ -280,11 +280,31 @@ fn render_routes(out: &mut String, state: &AdminState) {
         });
     }
     let families: [(&str, &str, &str); 5] = [
-        ("meshgate_route_connections_total", "counter", "Connections routed, per route."),
-        ("meshgate_route_connections_active", "gauge", "Open connections, per route."),
-        ("meshgate_route_connect_failures_total", "counter", "Connections for which every endpoint of the route failed."),
-        ("meshgate_route_sent_to_upstream_bytes_total", "counter", "Bytes forwarded from clients to the route's upstreams."),
-        ("meshgate_route_sent_to_client_bytes_total", "counter", "Bytes forwarded from the route's upstreams to clients."),
+        (
+            "meshgate_route_connections_total",
+            "counter",
+            "Connections routed, per route.",
+        ),
+        (
+            "meshgate_route_connections_active",
+            "gauge",
+            "Open connections, per route.",
+        ),
+        (
+            "meshgate_route_connect_failures_total",
+            "counter",
+            "Connections for which every endpoint of the route failed.",
+        ),
+        (
+            "meshgate_route_sent_to_upstream_bytes_total",
+            "counter",
+            "Bytes forwarded from clients to the route's upstreams.",
+        ),
+        (
+            "meshgate_route_sent_to_client_bytes_total",
+            "counter",
+            "Bytes forwarded from the route's upstreams to clients.",
+        ),
     ];
     for (i, (name, kind, help)) in families.iter().enumerate() {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

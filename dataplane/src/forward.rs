@@ -90,6 +90,7 @@ impl Dir {
         dst: BorrowedFd<'_>,
         pool: &mut PipePool,
         result: i32,
+        now_ms: u64,
     ) -> Step {
         if result < 0 {
             return Step::SourceFailed;
@@ -111,7 +112,7 @@ impl Dir {
                 }
             }
             if let Some(pipe) = self.pipe.take() {
-                pool.give_back(pipe);
+                pool.give_back(pipe, now_ms);
             }
             if rounds == SPLICE_ROUNDS {
                 return Step::Read;
@@ -122,7 +123,7 @@ impl Dir {
             };
             match sys::splice(src, pipe.write_end(), pool.pipe_size()) {
                 Ok(0) => {
-                    pool.give_back(pipe);
+                    pool.give_back(pipe, now_ms);
                     return Step::Eof;
                 }
                 Ok(n) => {
@@ -130,7 +131,7 @@ impl Dir {
                     self.pipe = Some(pipe);
                 }
                 Err(e) => {
-                    pool.give_back(pipe);
+                    pool.give_back(pipe, now_ms);
                     return if e.kind() == io::ErrorKind::WouldBlock {
                         Step::Read
                     } else {
@@ -190,12 +191,12 @@ impl Dir {
 
     /// Gives back what the direction holds when its connection ends. A pipe
     /// that still holds bytes is closed, never pooled.
-    pub fn release<D: Driver>(&mut self, pool: &mut PipePool, driver: &mut D) {
+    pub fn release<D: Driver>(&mut self, pool: &mut PipePool, driver: &mut D, now_ms: u64) {
         if let Some(pipe) = self.pipe.take() {
             if self.in_pipe > 0 || sys::pipe_len(pipe.read_end()).map_or(true, |n| n > 0) {
                 pool.discard(pipe);
             } else {
-                pool.give_back(pipe);
+                pool.give_back(pipe, now_ms);
             }
         }
         self.in_pipe = 0;

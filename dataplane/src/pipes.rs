@@ -3,7 +3,8 @@
 //! A direction holds a pipe only while bytes sit in it; an idle connection
 //! holds none. Empty pipes go back to the pool; a pipe that still holds
 //! bytes when its connection ends is closed, never reused. The pool keeps at
-//! most `max_idle` empty pipes and creates new ones on demand.
+//! most `max_idle` empty pipes, creates new ones on demand, and closes pipes
+//! left unused for [`IDLE_CLOSE_MS`], so a quiet shard holds none.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -29,10 +30,14 @@ impl Pipe {
     }
 }
 
+/// An empty pipe unused this long (ms) is closed.
+pub const IDLE_CLOSE_MS: u64 = 1_000;
+
 /// Empty pipes ready for use.
 #[derive(Debug)]
 pub struct PipePool {
-    idle: Vec<Pipe>,
+    /// Empty pipes with the shard time (ms) each came back; most recent last.
+    idle: Vec<(Pipe, u64)>,
     max_idle: usize,
     size: usize,
     /// Pipes that exist now (idle or holding bytes).
@@ -67,7 +72,7 @@ impl PipePool {
     /// be raised (over `fs.pipe-user-pages-soft`) is still returned at the
     /// kernel's default size.
     pub fn take(&mut self) -> io::Result<Pipe> {
-        if let Some(pipe) = self.idle.pop() {
+        if let Some((pipe, _)) = self.idle.pop() {
             return Ok(pipe);
         }
         let (read, write) = sys::pipe()?;
@@ -77,18 +82,60 @@ impl PipePool {
         Ok(Pipe { read, write })
     }
 
-    /// Returns an empty pipe to the pool (or closes it if the pool is full).
-    pub fn give_back(&mut self, pipe: Pipe) {
+    /// Returns an empty pipe to the pool at shard time `now_ms` (or closes
+    /// it if the pool is full).
+    pub fn give_back(&mut self, pipe: Pipe, now_ms: u64) {
         if self.idle.len() < self.max_idle {
-            self.idle.push(pipe);
+            self.idle.push((pipe, now_ms));
         } else {
             self.discard(pipe);
         }
+    }
+
+    /// Closes pipes unused for [`IDLE_CLOSE_MS`]; returns when the next one
+    /// will be due, if any is pooled.
+    pub fn trim(&mut self, now_ms: u64) -> Option<u64> {
+        // Oldest first: the stack's bottom.
+        let stale = self
+            .idle
+            .iter()
+            .take_while(|(_, at)| at + IDLE_CLOSE_MS <= now_ms)
+            .count();
+        for (pipe, _) in self.idle.drain(..stale) {
+            self.live -= 1;
+            drop(pipe);
+        }
+        self.next_trim()
+    }
+
+    /// When the oldest pooled pipe becomes due for closing.
+    pub fn next_trim(&self) -> Option<u64> {
+        self.idle.first().map(|(_, at)| at + IDLE_CLOSE_MS)
     }
 
     /// Closes a pipe that may still hold bytes.
     pub fn discard(&mut self, pipe: Pipe) {
         self.live -= 1;
         drop(pipe);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_pipes_are_closed_after_a_while() {
+        let mut pool = PipePool::new(65536, 8);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        assert_eq!(pool.live(), 2);
+        pool.give_back(a, 0);
+        pool.give_back(b, 500);
+        assert_eq!(pool.next_trim(), Some(IDLE_CLOSE_MS));
+        assert_eq!(pool.trim(IDLE_CLOSE_MS), Some(500 + IDLE_CLOSE_MS));
+        assert_eq!(pool.live(), 1);
+        assert_eq!(pool.trim(500 + IDLE_CLOSE_MS), None);
+        assert_eq!(pool.live(), 0);
     }
 }

@@ -578,13 +578,23 @@ fn warn_low_limits(nofile: u64, args: &ServeArgs) {
         warn!(limit = nofile, wanted = wanted_files, fix = FIX, "open-file limit (RLIMIT_NOFILE) is below what --max-connections needs; raise LimitNOFILE / fs.nr_open");
     }
     if let Some(v) = read("net.core.somaxconn").filter(|&v| v < 4096) {
-        warn!(value = v, wanted = 4096, fix = FIX, "net.core.somaxconn limits the accept queue");
+        warn!(
+            value = v,
+            wanted = 4096,
+            fix = FIX,
+            "net.core.somaxconn limits the accept queue"
+        );
     }
     if args.forward == ForwardMode::Splice {
         // Room for 1,024 directions holding a full pipe at once.
         let pages = (args.pipe_size as u64).div_ceil(4096).saturating_mul(1024);
         if let Some(v) = read("fs.pipe-user-pages-soft").filter(|&v| v != 0 && v < pages) {
-            warn!(value = v, wanted = pages, fix = FIX, "fs.pipe-user-pages-soft is low for --pipe-size; pipes past it shrink to one page");
+            warn!(
+                value = v,
+                wanted = pages,
+                fix = FIX,
+                "fs.pipe-user-pages-soft is low for --pipe-size; pipes past it shrink to one page"
+            );
         }
     }
 }

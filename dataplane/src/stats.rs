@@ -163,7 +163,10 @@ pub struct RouteRegistry {
 impl RouteRegistry {
     /// Calls `f` with every (route pattern, counters) pair.
     pub fn for_each(&self, mut f: impl FnMut(&str, &RouteCounters)) {
-        let entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         for (name, counters) in entries.iter() {
             f(name, counters);
         }
@@ -191,7 +194,10 @@ impl ShardRoutes {
             .entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push((std::sync::Arc::clone(&name), std::sync::Arc::clone(&counters)));
+            .push((
+                std::sync::Arc::clone(&name),
+                std::sync::Arc::clone(&counters),
+            ));
         let i = self.counters.len() as u32;
         self.counters.push(counters);
         self.names.push(std::sync::Arc::clone(&name));
@@ -236,7 +242,10 @@ impl Histogram {
     /// Records one observation of `micros` against `bounds` (seconds).
     pub fn record(&self, bounds: &[f64; 14], micros: u64) {
         let secs = micros as f64 / 1e6;
-        let i = bounds.iter().position(|&b| secs <= b).unwrap_or(bounds.len());
+        let i = bounds
+            .iter()
+            .position(|&b| secs <= b)
+            .unwrap_or(bounds.len());
         self.buckets[i].add(1);
         self.sum_micros.add(micros);
         self.count.add(1);

@@ -238,6 +238,7 @@ impl<D: Driver> Shard<D> {
     fn next_timeout(&self) -> Option<Duration> {
         let next = [
             self.timers.next_at(),
+            self.pipes.next_trim(),
             self.accept_retry_at,
             self.draining_until,
         ]
@@ -423,6 +424,8 @@ impl<D: Driver> Shard<D> {
     }
 
     fn expire_timers(&mut self) {
+        self.pipes.trim(self.now_ms);
+        self.stats.pipes.set(self.pipes.live() as u64);
         while let Some(deadline) = self.timers.pop_due(self.now_ms) {
             let (slot, generation) = (deadline.slot, deadline.generation);
             let Some(conn) = self.conns.get_mut(slot, generation) else {
@@ -523,7 +526,7 @@ impl<D: Driver> Shard<D> {
             return;
         };
         for dir in &mut conn.dirs {
-            dir.release(&mut self.pipes, &mut self.driver);
+            dir.release(&mut self.pipes, &mut self.driver, self.now_ms);
         }
         if let Some((epoch, route, index)) = conn.endpoint {
             if epoch == self.epoch.generation {

@@ -26,7 +26,14 @@ impl<D: Driver> Shard<D> {
         }
     }
 
-    pub(super) fn on_forward(&mut self, slot: u32, generation: u16, d: usize, kind: OpKind, c: Completion) {
+    pub(super) fn on_forward(
+        &mut self,
+        slot: u32,
+        generation: u16,
+        d: usize,
+        kind: OpKind,
+        c: Completion,
+    ) {
         let now = self.now_ms;
         let mode = self.cfg.forward;
         let Some(conn) = self.conns.get_mut(slot, generation) else {
@@ -43,7 +50,7 @@ impl<D: Driver> Shard<D> {
         let is_read = kind == read_kind(d);
         let before = conn.dirs[d].bytes;
         let step = match mode {
-            ForwardMode::Splice => conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result),
+            ForwardMode::Splice => conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result, now),
             ForwardMode::Copy => conn.dirs[d].on_copy(&mut self.driver, is_read, c),
         };
         let moved = conn.dirs[d].bytes - before;

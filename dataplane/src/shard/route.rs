@@ -80,7 +80,11 @@ impl<D: Driver> Shard<D> {
         };
         self.driver.recycle(Group::Peek, bid);
         if let Some(sni) = sni_for_log {
-            if let Some(log) = self.conns.get_mut(slot, generation).and_then(|c| c.log.as_mut()) {
+            if let Some(log) = self
+                .conns
+                .get_mut(slot, generation)
+                .and_then(|c| c.log.as_mut())
+            {
                 log.sni = Some(sni);
             }
         }
