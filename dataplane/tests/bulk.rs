@@ -27,18 +27,27 @@ fn tls_bulk_with_half_close(forward: Forward) {
     let routes = RoutesFile::from_routes(Some(1), &[Route::new(&name, [a.addr()])]);
     let gw = Gateway::start(&GatewayOpts::new(routes.path(), forward));
 
-    let mut client = TlsClient::connect(gw.addr(), &name, &pki, None).expect("handshake through the gateway");
-    client.write_all(format!("bulk {BULK}\n").as_bytes()).unwrap();
+    let mut client =
+        TlsClient::connect(gw.addr(), &name, &pki, None).expect("handshake through the gateway");
+    client
+        .write_all(format!("bulk {BULK}\n").as_bytes())
+        .unwrap();
     let mut pattern = Pattern::new(11);
     let mut chunk = vec![0u8; 256 * 1024];
     for _ in 0..BULK / chunk.len() {
         pattern.fill(&mut chunk);
-        client.write_all(&chunk).expect("upload through the gateway");
+        client
+            .write_all(&chunk)
+            .expect("upload through the gateway");
     }
     client.shutdown_write().expect("shutdown(Write)");
     let reply = read_line(&mut client, "reply after half-close");
     assert_eq!(field(&reply, "backend"), Some("a"), "{reply}");
-    assert_eq!(field(&reply, "got"), Some(BULK.to_string().as_str()), "upload length at the backend: {reply}");
+    assert_eq!(
+        field(&reply, "got"),
+        Some(BULK.to_string().as_str()),
+        "upload length at the backend: {reply}"
+    );
     assert_eq!(
         field(&reply, "hash"),
         Some(Pattern::hash_of(11, BULK).hex().as_str()),
@@ -50,10 +59,17 @@ fn tls_bulk_with_half_close(forward: Forward) {
         match client.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => hash.update(&buf[..n]),
-            Err(e) => panic!("download to a half-closed client failed after {} bytes: {e}", hash.len()),
+            Err(e) => panic!(
+                "download to a half-closed client failed after {} bytes: {e}",
+                hash.len()
+            ),
         }
     }
-    assert_eq!(hash, Pattern::hash_of(DOWNLOAD_SEED, BULK), "download arrived altered or short");
+    assert_eq!(
+        hash,
+        Pattern::hash_of(DOWNLOAD_SEED, BULK),
+        "download arrived altered or short"
+    );
     assert_eq!(a.accepts(), 1);
     gw.assert_running();
 }
@@ -75,12 +91,17 @@ fn raw_bidirectional_echo(forward: Forward) {
         let mut chunk = vec![0u8; 128 * 1024];
         for _ in 0..BULK / chunk.len() {
             pattern.fill(&mut chunk);
-            writer.write_all(&chunk).expect("upload through the gateway");
+            writer
+                .write_all(&chunk)
+                .expect("upload through the gateway");
         }
         writer.shutdown(Shutdown::Write).expect("shutdown(Write)");
     });
     let echoed_hello = read_exactly(&mut stream, hello.len(), "echoed hello");
-    assert_eq!(echoed_hello, hello, "the upstream did not receive the ClientHello byte for byte");
+    assert_eq!(
+        echoed_hello, hello,
+        "the upstream did not receive the ClientHello byte for byte"
+    );
     let mut hash = StreamHash::new();
     let mut buf = vec![0u8; 64 * 1024];
     while (hash.len() as usize) < BULK {
@@ -92,10 +113,18 @@ fn raw_bidirectional_echo(forward: Forward) {
         }
     }
     sender.join().expect("sender thread");
-    assert_eq!(hash, Pattern::hash_of(22, BULK), "echoed stream differs from what was sent");
+    assert_eq!(
+        hash,
+        Pattern::hash_of(22, BULK),
+        "echoed stream differs from what was sent"
+    );
     let trailer = read_to_eof(&mut stream, "trailer after the client's FIN");
     let expected = format!("bye backend=e got={}\n", hello.len() + BULK);
-    assert_eq!(String::from_utf8_lossy(&trailer), expected, "the upstream must see EOF and its reply must still arrive");
+    assert_eq!(
+        String::from_utf8_lossy(&trailer),
+        expected,
+        "the upstream must see EOF and its reply must still arrive"
+    );
     assert_eq!(e.accepts(), 1);
     gw.assert_running();
 }
@@ -124,11 +153,16 @@ fn upstream_half_close(forward: Forward) {
     stream.write_all(&hello).unwrap();
     let reply = read_to_eof(&mut stream, "client: reply then EOF from the upstream");
     assert_eq!(reply, b"early\n");
-    stream.write_all(b"still talking after the upstream's FIN").expect("client write after upstream FIN");
+    stream
+        .write_all(b"still talking after the upstream's FIN")
+        .expect("client write after upstream FIN");
     stream.shutdown(Shutdown::Write).unwrap();
     let (got_hello, rest) = upstream.join().expect("upstream thread");
     assert_eq!(got_hello, hello);
-    assert_eq!(String::from_utf8_lossy(&rest), "still talking after the upstream's FIN");
+    assert_eq!(
+        String::from_utf8_lossy(&rest),
+        "still talking after the upstream's FIN"
+    );
     gw.assert_running();
 }
 forward_tests!(upstream_half_close, 30);

@@ -33,7 +33,12 @@ fn handcrafted_hello_with_sni_parses_in_rustls() {
     let summary = inspect(&hello).expect("own reader parses it");
     assert_eq!(summary.sni.as_deref(), Some(name.as_str()));
     assert_eq!(summary.record_bytes, hello.len());
-    for e in [ext::SERVER_NAME, ext::SUPPORTED_VERSIONS, ext::KEY_SHARE, ext::SIGNATURE_ALGORITHMS] {
+    for e in [
+        ext::SERVER_NAME,
+        ext::SUPPORTED_VERSIONS,
+        ext::KEY_SHARE,
+        ext::SIGNATURE_ALGORITHMS,
+    ] {
         assert!(summary.extensions.contains(&e), "extension {e} missing");
     }
 }
@@ -52,10 +57,17 @@ fn padded_hellos_parse_in_rustls_and_have_the_asked_size() {
     for padding in [1, 1_600, 4_000, 12_000] {
         let hello = client_hello(Some(&name), padding);
         assert_eq!(hello.len(), base + 4 + padding, "padding {padding}");
-        assert_eq!(rustls_parse(&hello).as_deref(), Some(name.as_str()), "padding {padding}");
+        assert_eq!(
+            rustls_parse(&hello).as_deref(),
+            Some(name.as_str()),
+            "padding {padding}"
+        );
         assert!(inspect(&hello).unwrap().extensions.contains(&ext::PADDING));
     }
-    assert!(client_hello(Some(&name), 1_600).len() >= 1_536, "the 'large hello' tests need >= 1.5 KiB");
+    assert!(
+        client_hello(Some(&name), 1_600).len() >= 1_536,
+        "the 'large hello' tests need >= 1.5 KiB"
+    );
 }
 
 #[test]
@@ -81,21 +93,34 @@ fn rustls_client_hello_is_readable() {
 /// ClientHello rustls put on the wire.
 #[test]
 fn capture_real_rustls_client_hello_over_tcp() {
-    run_bounded("capture_real_rustls_client_hello_over_tcp", Duration::from_secs(20), || {
-        let pki = Pki::new();
-        let name = sni("web", "dc1");
-        let capture = RawBackend::start("capture", "127.0.0.1:0", RawMode::Capture).unwrap();
-        let addr = capture.addr();
-        let tcp = tcp_connect(addr);
-        tcp.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-        // No ServerHello ever comes: the handshake times out, which is expected.
-        let result = TlsClient::handshake(tcp, &name, common::tls::client_config(&pki, None));
-        assert!(result.is_err(), "a capture server cannot complete a handshake");
-        let got = capture.wait_received(0, 5, Duration::from_secs(5));
-        let summary = inspect(&got).unwrap_or_else(|| panic!("captured bytes are not a ClientHello: {got:02x?}"));
-        assert_eq!(summary.sni.as_deref(), Some(name.as_str()));
-        assert_eq!(summary.record_bytes, got.len(), "nothing but the hello was sent");
-        assert!(summary.extensions.contains(&ext::KEY_SHARE));
-        assert_eq!(rustls_parse(&got).as_deref(), Some(name.as_str()));
-    });
+    run_bounded(
+        "capture_real_rustls_client_hello_over_tcp",
+        Duration::from_secs(20),
+        || {
+            let pki = Pki::new();
+            let name = sni("web", "dc1");
+            let capture = RawBackend::start("capture", "127.0.0.1:0", RawMode::Capture).unwrap();
+            let addr = capture.addr();
+            let tcp = tcp_connect(addr);
+            tcp.set_read_timeout(Some(Duration::from_millis(500)))
+                .unwrap();
+            // No ServerHello ever comes: the handshake times out, which is expected.
+            let result = TlsClient::handshake(tcp, &name, common::tls::client_config(&pki, None));
+            assert!(
+                result.is_err(),
+                "a capture server cannot complete a handshake"
+            );
+            let got = capture.wait_received(0, 5, Duration::from_secs(5));
+            let summary = inspect(&got)
+                .unwrap_or_else(|| panic!("captured bytes are not a ClientHello: {got:02x?}"));
+            assert_eq!(summary.sni.as_deref(), Some(name.as_str()));
+            assert_eq!(
+                summary.record_bytes,
+                got.len(),
+                "nothing but the hello was sent"
+            );
+            assert!(summary.extensions.contains(&ext::KEY_SHARE));
+            assert_eq!(rustls_parse(&got).as_deref(), Some(name.as_str()));
+        },
+    );
 }

@@ -27,19 +27,30 @@ fn openssl_available() -> bool {
 /// checking the certificate is for `name`.
 fn s_client(addr: SocketAddr, name: &str, ca: &Path, extra: &[&str]) -> Child {
     let mut cmd = Command::new("openssl");
-    cmd.args(["s_client", "-connect", &addr.to_string(), "-servername", name, "-CAfile"])
-        .arg(ca)
-        .args(["-verify_return_error", "-verify_hostname", name, "-quiet"])
-        .args(extra);
+    cmd.args([
+        "s_client",
+        "-connect",
+        &addr.to_string(),
+        "-servername",
+        name,
+        "-CAfile",
+    ])
+    .arg(ca)
+    .args(["-verify_return_error", "-verify_hostname", name, "-quiet"])
+    .args(extra);
     Child::spawn("openssl s_client", cmd, true).expect("spawn openssl")
 }
 
 /// Sends `id` through `openssl s_client` and returns the backend's reply line.
 fn openssl_id(addr: SocketAddr, name: &str, ca: &Path, extra: &[&str]) -> Result<String, String> {
     let client = s_client(addr, name, ca, extra);
-    client.write_stdin(b"id\n").map_err(|e| format!("write to s_client: {e}"))?;
+    client
+        .write_stdin(b"id\n")
+        .map_err(|e| format!("write to s_client: {e}"))?;
     let line = client
-        .wait_for(Duration::from_secs(10), |l| l.starts_with("[stdout] backend="))
+        .wait_for(Duration::from_secs(10), |l| {
+            l.starts_with("[stdout] backend=")
+        })
         .map_err(|why| format!("{why}\n--- s_client output ---\n{}", client.log()))?;
     Ok(line.trim_start_matches("[stdout] ").to_string())
 }
@@ -64,16 +75,22 @@ fn openssl_through_gateway(forward: Forward) {
     let m = TlsBackend::start("m", "127.0.0.1:0", &pki, &names, ClientAuth::Required).unwrap();
     let routes = RoutesFile::from_routes(
         Some(1),
-        &[Route::new(&api, [a.addr()]), Route::new(&web, [b.addr()]), Route::new(&secure, [m.addr()])],
+        &[
+            Route::new(&api, [a.addr()]),
+            Route::new(&web, [b.addr()]),
+            Route::new(&secure, [m.addr()]),
+        ],
     );
     let gw = Gateway::start(&GatewayOpts::new(routes.path(), forward));
 
-    let reply = openssl_id(gw.addr(), &api, &ca, &["-tls1_3"]).unwrap_or_else(|e| panic!("openssl TLS 1.3 to {api}: {e}"));
+    let reply = openssl_id(gw.addr(), &api, &ca, &["-tls1_3"])
+        .unwrap_or_else(|e| panic!("openssl TLS 1.3 to {api}: {e}"));
     assert_eq!(field(&reply, "backend"), Some("a"), "{reply}");
     assert_eq!(field(&reply, "sni"), Some(api.as_str()), "{reply}");
     assert_eq!(field(&reply, "version"), Some("TLSv1_3"), "{reply}");
 
-    let reply = openssl_id(gw.addr(), &web, &ca, &["-tls1_2"]).unwrap_or_else(|e| panic!("openssl TLS 1.2 to {web}: {e}"));
+    let reply = openssl_id(gw.addr(), &web, &ca, &["-tls1_2"])
+        .unwrap_or_else(|e| panic!("openssl TLS 1.2 to {web}: {e}"));
     assert_eq!(field(&reply, "backend"), Some("b"), "{reply}");
     assert_eq!(field(&reply, "sni"), Some(web.as_str()), "{reply}");
     assert_eq!(field(&reply, "version"), Some("TLSv1_2"), "{reply}");
@@ -92,11 +109,22 @@ fn openssl_through_gateway(forward: Forward) {
     let client = s_client(gw.addr(), &unknown, &ca, &[]);
     let _ = client.write_stdin(b"id\n");
     let (status, log) = client.wait_exit(Duration::from_secs(10));
-    let status = status.unwrap_or_else(|| panic!("s_client to an unknown name did not exit within 10 s:\n{log}"));
-    assert!(!status.success(), "s_client to an unknown name succeeded:\n{log}");
-    assert!(!log.contains("backend="), "a backend answered an unknown name:\n{log}");
+    let status = status
+        .unwrap_or_else(|| panic!("s_client to an unknown name did not exit within 10 s:\n{log}"));
+    assert!(
+        !status.success(),
+        "s_client to an unknown name succeeded:\n{log}"
+    );
+    assert!(
+        !log.contains("backend="),
+        "a backend answered an unknown name:\n{log}"
+    );
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!((a.accepts(), b.accepts(), m.accepts()), (1, 1, 1), "backend accept counts");
+    assert_eq!(
+        (a.accepts(), b.accepts(), m.accepts()),
+        (1, 1, 1),
+        "backend accept counts"
+    );
     gw.assert_running();
 }
 forward_tests!(openssl_through_gateway, 50);

@@ -42,7 +42,11 @@ fn tls_routes_by_sni(forward: Forward) {
     let gw = Gateway::start(&opts);
     assert_eq!(gw.addrs().len(), opts.listen.len());
     if v6 {
-        assert!(gw.addr_v6().is_some(), "an [::1] listener was asked for: {:?}", gw.addrs());
+        assert!(
+            gw.addr_v6().is_some(),
+            "an [::1] listener was asked for: {:?}",
+            gw.addrs()
+        );
     }
 
     let cases = [(&api1, &a), (&web1, &b), (&api2, &c), (&web2, &a)];
@@ -51,12 +55,21 @@ fn tls_routes_by_sni(forward: Forward) {
         for (name, backend) in cases {
             for round in 0..2 {
                 let what = format!("{name} via {listen} (round {round})");
-                let mut client = TlsClient::connect(listen, name, &pki, None)
-                    .unwrap_or_else(|e| panic!("{what}: handshake through the gateway failed: {e}"));
+                let mut client = TlsClient::connect(listen, name, &pki, None).unwrap_or_else(|e| {
+                    panic!("{what}: handshake through the gateway failed: {e}")
+                });
                 assert_eq!(client.version(), "Some(TLSv1_3)", "{what}");
                 let reply = client.id(&what);
-                assert_eq!(field(&reply, "backend"), Some(backend.id()), "{what}: wrong backend: {reply}");
-                assert_eq!(field(&reply, "sni"), Some(name.as_str()), "{what}: backend saw another SNI");
+                assert_eq!(
+                    field(&reply, "backend"),
+                    Some(backend.id()),
+                    "{what}: wrong backend: {reply}"
+                );
+                assert_eq!(
+                    field(&reply, "sni"),
+                    Some(name.as_str()),
+                    "{what}: backend saw another SNI"
+                );
                 assert_eq!(field(&reply, "client"), Some("none"), "{what}");
                 *expected.entry(backend.id()).or_default() += 1;
             }
@@ -64,7 +77,12 @@ fn tls_routes_by_sni(forward: Forward) {
     }
     for backend in [&a, &b, &c] {
         let want = expected.get(backend.id()).copied().unwrap_or(0);
-        assert_eq!(backend.accepts(), want, "backend {} accepted a wrong number of connections", backend.id());
+        assert_eq!(
+            backend.accepts(),
+            want,
+            "backend {} accepted a wrong number of connections",
+            backend.id()
+        );
     }
 
     // Mutual TLS: the backend verifies the client's certificate through the gateway.
@@ -75,22 +93,41 @@ fn tls_routes_by_sni(forward: Forward) {
     assert_eq!(field(&reply, "backend"), Some("m"), "{reply}");
     assert_eq!(field(&reply, "client"), Some("present"), "{reply}");
     let seen = m.wait_seen(1, Duration::from_secs(5));
-    assert_eq!(seen[0].client_cert.as_ref(), Some(&client_id.cert_der), "backend saw another client certificate");
+    assert_eq!(
+        seen[0].client_cert.as_ref(),
+        Some(&client_id.cert_der),
+        "backend saw another client certificate"
+    );
     assert_eq!(seen[0].sni.as_deref(), Some(secure.as_str()));
     drop(client);
 
     // Without a certificate the backend's rejection reaches the client through the gateway.
     let rejected = TlsClient::connect(gw.addr(), &secure, &pki, None).and_then(|mut c| c.try_id());
-    assert!(rejected.is_err(), "an mTLS backend must refuse a client without a certificate: {rejected:?}");
+    assert!(
+        rejected.is_err(),
+        "an mTLS backend must refuse a client without a certificate: {rejected:?}"
+    );
     let seen = m.wait_seen(2, Duration::from_secs(5));
-    assert!(seen.len() >= 2 && seen[1].error.is_some(), "backend recorded no failed handshake: {seen:?}");
+    assert!(
+        seen.len() >= 2 && seen[1].error.is_some(),
+        "backend recorded no failed handshake: {seen:?}"
+    );
     assert_eq!(m.accepts(), 2);
 
     // The bare suffix of a wildcard is not covered by it.
     let bare = format!("dc2.internal.{TRUST_DOMAIN}");
-    assert_refused(gw.addr(), &client_hello(Some(&bare), 0), Duration::from_secs(5), "bare wildcard suffix");
+    assert_refused(
+        gw.addr(),
+        &client_hello(Some(&bare), 0),
+        Duration::from_secs(5),
+        "bare wildcard suffix",
+    );
     std::thread::sleep(Duration::from_millis(200));
-    assert_eq!(c.accepts(), expected.get("c").copied().unwrap_or(0), "the bare suffix was forwarded");
+    assert_eq!(
+        c.accepts(),
+        expected.get("c").copied().unwrap_or(0),
+        "the bare suffix was forwarded"
+    );
     gw.assert_running();
 }
 forward_tests!(tls_routes_by_sni, 50);

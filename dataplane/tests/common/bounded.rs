@@ -29,7 +29,9 @@ pub fn register_child(pid: u32) {
 pub fn unregister_child(pid: u32) {
     CHILDREN.with(|children| {
         if let Some(pids) = &*children.borrow() {
-            pids.lock().unwrap_or_else(|p| p.into_inner()).retain(|&p| p != pid);
+            pids.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|&p| p != pid);
         }
     });
 }

@@ -23,7 +23,11 @@ impl Pattern {
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         z ^= z >> 31;
-        Pattern { state: if z == 0 { 1 } else { z }, spare: [0; 8], spare_len: 0 }
+        Pattern {
+            state: if z == 0 { 1 } else { z },
+            spare: [0; 8],
+            spare_len: 0,
+        }
     }
 
     fn next_word(&mut self) -> [u8; 8] {
@@ -89,7 +93,10 @@ pub struct StreamHash {
 impl StreamHash {
     /// The hash of the empty stream.
     pub fn new() -> Self {
-        StreamHash { hash: 0xcbf2_9ce4_8422_2325, len: 0 }
+        StreamHash {
+            hash: 0xcbf2_9ce4_8422_2325,
+            len: 0,
+        }
     }
 
     /// Appends `bytes` to the hashed stream.

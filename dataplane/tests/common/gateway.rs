@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use super::process::Child;
 use super::field;
+use super::process::Child;
 
 /// How long the gateway may take to print its readiness lines.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
@@ -56,7 +56,13 @@ pub struct GatewayOpts<'a> {
 impl<'a> GatewayOpts<'a> {
     /// Two shards on `127.0.0.1:0`, admin listener off.
     pub fn new(routes: &'a Path, forward: Forward) -> Self {
-        GatewayOpts { routes, forward, shards: 2, listen: vec!["127.0.0.1:0".into()], extra_args: Vec::new() }
+        GatewayOpts {
+            routes,
+            forward,
+            shards: 2,
+            listen: vec!["127.0.0.1:0".into()],
+            extra_args: Vec::new(),
+        }
     }
 }
 
@@ -80,25 +86,45 @@ impl Gateway {
             cmd.args(["--listen", listen]);
         }
         cmd.arg("--routes").arg(opts.routes);
-        cmd.args(["--shards", &opts.shards.to_string(), "--forward", opts.forward.arg(), "--admin", "none"]);
+        cmd.args([
+            "--shards",
+            &opts.shards.to_string(),
+            "--forward",
+            opts.forward.arg(),
+            "--admin",
+            "none",
+        ]);
         cmd.args(&opts.extra_args);
-        cmd.env("RUST_LOG", "meshgate=debug,info").env("NO_COLOR", "1");
-        let child = Child::spawn("meshgate", cmd, false).unwrap_or_else(|e| panic!("spawn meshgate: {e}"));
+        cmd.env("RUST_LOG", "meshgate=debug,info")
+            .env("NO_COLOR", "1");
+        let child =
+            Child::spawn("meshgate", cmd, false).unwrap_or_else(|e| panic!("spawn meshgate: {e}"));
         let mut addrs: Vec<SocketAddr> = Vec::new();
         while addrs.len() < opts.listen.len() {
             let line = child
-                .wait_for(READY_TIMEOUT, |l| l.contains("listening") && field(l, "address").is_some())
-                .unwrap_or_else(|why| panic!("meshgate never became ready: {why}\n--- log ---\n{}", child.log()));
+                .wait_for(READY_TIMEOUT, |l| {
+                    l.contains("listening") && !l.contains("admin") && field(l, "address").is_some()
+                })
+                .unwrap_or_else(|why| {
+                    panic!(
+                        "meshgate never became ready: {why}\n--- log ---\n{}",
+                        child.log()
+                    )
+                });
             let text = field(&line, "address").unwrap_or_default();
-            let addr: SocketAddr = text
-                .parse()
-                .unwrap_or_else(|e| panic!("readiness line {line:?}: address {text:?} is not IP:PORT: {e}"));
+            let addr: SocketAddr = text.parse().unwrap_or_else(|e| {
+                panic!("readiness line {line:?}: address {text:?} is not IP:PORT: {e}")
+            });
             assert_ne!(addr.port(), 0, "readiness line reports port 0: {line:?}");
             if !addrs.contains(&addr) {
                 addrs.push(addr);
             }
         }
-        Gateway { child, addrs, shards: opts.shards }
+        Gateway {
+            child,
+            addrs,
+            shards: opts.shards,
+        }
     }
 
     /// The first listen address.
@@ -138,8 +164,12 @@ impl Gateway {
 
     /// Waits for `routes loaded` with `version=<version>` (`None`: `version=none`).
     pub fn wait_routes_loaded(&self, version: Option<u64>, timeout: Duration) -> String {
-        let want = version.map(|v| v.to_string()).unwrap_or_else(|| "none".into());
-        self.wait_for(timeout, |l| l.contains("routes loaded") && field(l, "version") == Some(want.as_str()))
+        let want = version
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "none".into());
+        self.wait_for(timeout, |l| {
+            l.contains("routes loaded") && field(l, "version") == Some(want.as_str())
+        })
     }
 
     /// Waits for `routes refused`.
@@ -172,6 +202,25 @@ impl Gateway {
         proc_entries(self.pid(), "fd")
     }
 
+    /// Open descriptors by kind (`socket`, `pipe`, `anon_inode:[io_uring]`, a path…), from
+    /// the `/proc/PID/fd` link targets, for failure messages.
+    pub fn fd_kinds(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut kinds = std::collections::BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(format!("/proc/{}/fd", self.pid())) {
+            for entry in entries.filter_map(Result::ok) {
+                let target = std::fs::read_link(entry.path())
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                let kind = match target.split_once(":[") {
+                    Some((kind @ ("socket" | "pipe"), _)) => kind.to_string(),
+                    _ => target,
+                };
+                *kinds.entry(kind).or_default() += 1;
+            }
+        }
+        kinds
+    }
+
     /// Threads (entries of `/proc/PID/task`), io_uring workers included.
     pub fn thread_count(&self) -> usize {
         proc_entries(self.pid(), "task")
@@ -184,7 +233,12 @@ impl Gateway {
             .map(|entries| {
                 entries
                     .filter_map(Result::ok)
-                    .map(|e| std::fs::read_to_string(e.path().join("comm")).unwrap_or_default().trim().to_string())
+                    .map(|e| {
+                        std::fs::read_to_string(e.path().join("comm"))
+                            .unwrap_or_default()
+                            .trim()
+                            .to_string()
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -194,7 +248,8 @@ impl Gateway {
 
     /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -206,11 +261,16 @@ impl Gateway {
     /// Fails the test if the gateway has exited (crash) — called at the end of tests.
     pub fn assert_running(&self) {
         if let Some(status) = self.child.exit_status(Duration::ZERO) {
-            panic!("meshgate exited during the test ({status})\n--- log ---\n{}", self.log());
+            panic!(
+                "meshgate exited during the test ({status})\n--- log ---\n{}",
+                self.log()
+            );
         }
     }
 }
 
 fn proc_entries(pid: u32, what: &str) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/{what}")).map(|d| d.count()).unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/{what}"))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }

@@ -46,7 +46,11 @@ pub fn client_hello(sni: Option<&str>, extra_padding: usize) -> Vec<u8> {
 /// The same hello as [`client_hello`], with the handshake message fragmented over records
 /// of at most `max_fragment` bytes each (valid TLS framing: a handshake message may span
 /// records).
-pub fn client_hello_records(sni: Option<&str>, extra_padding: usize, max_fragment: usize) -> Vec<u8> {
+pub fn client_hello_records(
+    sni: Option<&str>,
+    extra_padding: usize,
+    max_fragment: usize,
+) -> Vec<u8> {
     records(&client_hello_handshake(sni, extra_padding), max_fragment)
 }
 
@@ -75,11 +79,17 @@ pub fn client_hello_handshake(sni: Option<&str>, extra_padding: usize) -> Vec<u8
     let mut sigs = Vec::new();
     put_u16_vec(&mut sigs, &[0x04, 0x03, 0x08, 0x04, 0x08, 0x07, 0x04, 0x01]);
     put_ext(&mut exts, ext::SIGNATURE_ALGORITHMS, &sigs);
-    put_ext(&mut exts, ext::SUPPORTED_VERSIONS, &[4, 0x03, 0x04, 0x03, 0x03]);
+    put_ext(
+        &mut exts,
+        ext::SUPPORTED_VERSIONS,
+        &[4, 0x03, 0x04, 0x03, 0x03],
+    );
     put_ext(&mut exts, ext::PSK_KEY_EXCHANGE_MODES, &[1, 1]); // psk_dhe_ke
     let mut share = Vec::new();
     share.extend_from_slice(&[0x00, 0x1d]); // x25519
-    let key: Vec<u8> = (0u8..32).map(|i| i.wrapping_mul(13).wrapping_add(5)).collect();
+    let key: Vec<u8> = (0u8..32)
+        .map(|i| i.wrapping_mul(13).wrapping_add(5))
+        .collect();
     put_u16_vec(&mut share, &key);
     let mut shares = Vec::new();
     put_u16_vec(&mut shares, &share);
@@ -102,14 +112,22 @@ pub fn records(handshake: &[u8], max_fragment: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for chunk in handshake.chunks(max_fragment) {
         out.extend_from_slice(&[0x16, 0x03, 0x01]);
-        out.extend_from_slice(&u16::try_from(chunk.len()).expect("chunk fits u16").to_be_bytes());
+        out.extend_from_slice(
+            &u16::try_from(chunk.len())
+                .expect("chunk fits u16")
+                .to_be_bytes(),
+        );
         out.extend_from_slice(chunk);
     }
     out
 }
 
 fn put_u16_vec(out: &mut Vec<u8>, bytes: &[u8]) {
-    out.extend_from_slice(&u16::try_from(bytes.len()).expect("vector fits u16").to_be_bytes());
+    out.extend_from_slice(
+        &u16::try_from(bytes.len())
+            .expect("vector fits u16")
+            .to_be_bytes(),
+    );
     out.extend_from_slice(bytes);
 }
 
@@ -150,7 +168,10 @@ pub fn inspect(bytes: &[u8]) -> Option<HelloSummary> {
         handshake.extend_from_slice(bytes.get(at + 5..at + 5 + len)?);
         at += 5 + len;
         if handshake.len() >= 4 {
-            let needed = 4 + (usize::from(handshake[1]) << 16 | usize::from(handshake[2]) << 8 | usize::from(handshake[3]));
+            let needed = 4
+                + (usize::from(handshake[1]) << 16
+                    | usize::from(handshake[2]) << 8
+                    | usize::from(handshake[3]));
             if handshake.len() >= needed {
                 break needed;
             }
@@ -167,7 +188,11 @@ pub fn inspect(bytes: &[u8]) -> Option<HelloSummary> {
     r.take(usize::from(suites))?;
     let comp = r.u8()?;
     r.take(usize::from(comp))?;
-    let mut summary = HelloSummary { record_bytes: at, sni: None, extensions: Vec::new() };
+    let mut summary = HelloSummary {
+        record_bytes: at,
+        sni: None,
+        extensions: Vec::new(),
+    };
     if r.0.is_empty() {
         return Some(summary);
     }

@@ -6,6 +6,10 @@
 //! [`bounded::run_bounded`], which puts a deadline on every test. Nothing here waits without
 //! a bound: sockets carry read and write timeouts, channels are read with `recv_timeout`.
 //!
+//! Each data-plane test runs once per forward mode (`<test>::splice`, `<test>::copy`), see
+//! [`forward_tests`]. Set `MESHGATE_TEST_ECHO=1` to see the gateway's log as it arrives;
+//! a failing test prints the whole log anyway.
+//!
 //! Not every test file uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports, unused_macros)]
 
@@ -82,8 +86,12 @@ pub fn tcp_connect(addr: SocketAddr) -> TcpStream {
 
 /// Puts `timeout` on both directions of `stream`.
 pub fn set_timeouts(stream: &TcpStream, timeout: Duration) {
-    stream.set_read_timeout(Some(timeout)).expect("read timeout");
-    stream.set_write_timeout(Some(timeout)).expect("write timeout");
+    stream
+        .set_read_timeout(Some(timeout))
+        .expect("read timeout");
+    stream
+        .set_write_timeout(Some(timeout))
+        .expect("write timeout");
 }
 
 /// A port on 127.0.0.1 that nothing listens on (bound, then released).

@@ -53,7 +53,9 @@ impl Pki {
     /// A fresh CA named "meshgate test CA".
     pub fn new() -> Arc<Pki> {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.distinguished_name.push(DnType::CommonName, "meshgate test CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "meshgate test CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![
             KeyUsagePurpose::KeyCertSign,
@@ -69,7 +71,11 @@ impl Pki {
             key_der: key.serialize_der(),
             key_pem: key.serialize_pem(),
         };
-        Arc::new(Pki { ca_params: params, ca_key: key, ca })
+        Arc::new(Pki {
+            ca_params: params,
+            ca_key: key,
+            ca,
+        })
     }
 
     /// The CA certificate (its key too, but nothing uses that).
@@ -80,7 +86,9 @@ impl Pki {
     /// A root store holding only this CA.
     pub fn roots(&self) -> RootCertStore {
         let mut roots = RootCertStore::empty();
-        roots.add(self.ca.cert_der.clone()).expect("add CA to root store");
+        roots
+            .add(self.ca.cert_der.clone())
+            .expect("add CA to root store");
         roots
     }
 
@@ -94,7 +102,8 @@ impl Pki {
 
     /// A client certificate with subject CN `cn`.
     pub fn client(&self, cn: &str) -> Identity {
-        let mut params = CertificateParams::new(vec![format!("{cn}.client.test")]).expect("client params");
+        let mut params =
+            CertificateParams::new(vec![format!("{cn}.client.test")]).expect("client params");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(params, cn)
     }

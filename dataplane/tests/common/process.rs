@@ -26,7 +26,7 @@ pub struct Child {
 /// What [`Child::recv_line`] got.
 pub enum Line {
     /// One line of output.
-    Line(String),
+    Text(String),
     /// Both output streams closed: the process has exited (or closed them).
     Closed,
     /// Nothing arrived in time.
@@ -37,7 +37,11 @@ impl Child {
     /// Spawns `command` with stdin piped (if `with_stdin`), stdout and stderr read into lines.
     pub fn spawn(name: &str, mut command: Command, with_stdin: bool) -> std::io::Result<Child> {
         command
-            .stdin(if with_stdin { Stdio::piped() } else { Stdio::null() })
+            .stdin(if with_stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = command.spawn()?;
@@ -71,7 +75,9 @@ impl Child {
                 pipe.write_all(bytes)?;
                 pipe.flush()
             }
-            None => Err(std::io::Error::other("stdin is not piped or already closed")),
+            None => Err(std::io::Error::other(
+                "stdin is not piped or already closed",
+            )),
         }
     }
 
@@ -92,8 +98,11 @@ impl Child {
                 if std::env::var_os("MESHGATE_TEST_ECHO").is_some() {
                     eprintln!("[{}] {line}", self.name);
                 }
-                self.log.lock().unwrap_or_else(|p| p.into_inner()).push(line.clone());
-                Line::Line(line)
+                self.log
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.clone());
+                Line::Text(line)
             }
             Err(RecvTimeoutError::Timeout) => Line::TimedOut,
             Err(RecvTimeoutError::Disconnected) => Line::Closed,
@@ -111,8 +120,8 @@ impl Child {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv_line(left) {
-                Line::Line(line) if pred(&line) => return Ok(line),
-                Line::Line(_) => {}
+                Line::Text(line) if pred(&line) => return Ok(line),
+                Line::Text(_) => {}
                 Line::Closed => {
                     return Err(format!(
                         "{} closed its output (exit status: {:?})",
@@ -120,20 +129,28 @@ impl Child {
                         self.exit_status(Duration::from_millis(500))
                     ))
                 }
-                Line::TimedOut => return Err(format!("{} said nothing matching in {timeout:?}", self.name)),
+                Line::TimedOut => {
+                    return Err(format!(
+                        "{} said nothing matching in {timeout:?}",
+                        self.name
+                    ))
+                }
             }
         }
     }
 
     /// Pulls in whatever output has already arrived (without waiting).
     pub fn drain(&self) {
-        while let Line::Line(_) = self.recv_line(Duration::ZERO) {}
+        while let Line::Text(_) = self.recv_line(Duration::ZERO) {}
     }
 
     /// Every line received so far, one per line.
     pub fn log(&self) -> String {
         self.drain();
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 
     /// Every line received so far.
@@ -146,7 +163,11 @@ impl Child {
     pub fn exit_status(&self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
         loop {
-            let status = self.child.lock().unwrap_or_else(|p| p.into_inner()).try_wait();
+            let status = self
+                .child
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .try_wait();
             if let Ok(Some(status)) = status {
                 return Some(status);
             }
@@ -176,11 +197,14 @@ impl Child {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.recv_line(left) {
-                Line::Line(_) => {}
+                Line::Text(_) => {}
                 Line::Closed | Line::TimedOut => break,
             }
         }
-        self.log.lock().unwrap_or_else(|p| p.into_inner()).join("\n")
+        self.log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .join("\n")
     }
 }
 
@@ -191,12 +215,21 @@ impl Drop for Child {
         let _ = child.wait();
         bounded::unregister_child(self.pid);
         if std::thread::panicking() {
-            eprintln!("----- output of {} -----\n{}\n----- end of {} -----", self.name, self.log(), self.name);
+            eprintln!(
+                "----- output of {} -----\n{}\n----- end of {} -----",
+                self.name,
+                self.log(),
+                self.name
+            );
         }
     }
 }
 
-fn spawn_reader(stream: impl Read + Send + 'static, prefix: &'static str, tx: mpsc::Sender<String>) {
+fn spawn_reader(
+    stream: impl Read + Send + 'static,
+    prefix: &'static str,
+    tx: mpsc::Sender<String>,
+) {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(stream);
         let mut raw = Vec::new();

@@ -23,6 +23,9 @@ use super::{poll_until, set_timeouts};
 /// Bytes of each connection's input kept for inspection.
 pub const RECORD_LIMIT: usize = 1 << 20;
 
+/// Each connection's recorded input, in accept order.
+type Records = Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>;
+
 /// What a raw backend does with the bytes it receives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RawMode {
@@ -38,7 +41,7 @@ pub struct RawBackend {
     addr: SocketAddr,
     accepts: Arc<AtomicUsize>,
     open: Arc<AtomicUsize>,
-    received: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>>,
+    received: Records,
     stop: Arc<AtomicBool>,
     accept_thread: Option<JoinHandle<()>>,
 }
@@ -54,35 +57,47 @@ impl RawBackend {
         let addr = listener.local_addr()?;
         let accepts = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
-        let received: Arc<Mutex<Vec<Arc<Mutex<Vec<u8>>>>>> = Arc::new(Mutex::new(Vec::new()));
+        let received: Records = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let accept_thread = {
-            let (id, accepts, open, received, stop) =
-                (id.to_string(), accepts.clone(), open.clone(), received.clone(), stop.clone());
-            std::thread::Builder::new().name(format!("raw-backend-{id}")).spawn(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    match listener.accept() {
-                        Ok((tcp, _)) => {
-                            accepts.fetch_add(1, Ordering::SeqCst);
-                            open.fetch_add(1, Ordering::SeqCst);
-                            let record = Arc::new(Mutex::new(Vec::new()));
-                            received.lock().unwrap_or_else(|p| p.into_inner()).push(record.clone());
-                            let (id, open) = (id.clone(), open.clone());
-                            let spawned = std::thread::Builder::new().stack_size(128 * 1024).spawn(move || {
-                                let _ = serve(&id, tcp, mode, &record);
-                                open.fetch_sub(1, Ordering::SeqCst);
-                            });
-                            if spawned.is_err() {
-                                eprintln!("raw backend: could not spawn a connection thread");
+            let (id, accepts, open, received, stop) = (
+                id.to_string(),
+                accepts.clone(),
+                open.clone(),
+                received.clone(),
+                stop.clone(),
+            );
+            std::thread::Builder::new()
+                .name(format!("raw-backend-{id}"))
+                .spawn(move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        match listener.accept() {
+                            Ok((tcp, _)) => {
+                                accepts.fetch_add(1, Ordering::SeqCst);
+                                open.fetch_add(1, Ordering::SeqCst);
+                                let record = Arc::new(Mutex::new(Vec::new()));
+                                received
+                                    .lock()
+                                    .unwrap_or_else(|p| p.into_inner())
+                                    .push(record.clone());
+                                let (id, open) = (id.clone(), open.clone());
+                                let spawned = std::thread::Builder::new()
+                                    .stack_size(128 * 1024)
+                                    .spawn(move || {
+                                        let _ = serve(&id, tcp, mode, &record);
+                                        open.fetch_sub(1, Ordering::SeqCst);
+                                    });
+                                if spawned.is_err() {
+                                    eprintln!("raw backend: could not spawn a connection thread");
+                                }
                             }
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(1))
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(2)),
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(1))
-                        }
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
-                }
-            })?
+                })?
         };
         Ok(RawBackend {
             id: id.to_string(),
@@ -118,13 +133,17 @@ impl RawBackend {
     /// What connection `index` (in accept order) has received so far.
     pub fn received(&self, index: usize) -> Option<Vec<u8>> {
         let records = self.received.lock().unwrap_or_else(|p| p.into_inner());
-        records.get(index).map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        records
+            .get(index)
+            .map(|r| r.lock().unwrap_or_else(|p| p.into_inner()).clone())
     }
 
     /// Waits (bounded) until connection `index` exists and has received at least `len`
     /// bytes; returns what it received (possibly short, if the wait ran out).
     pub fn wait_received(&self, index: usize, len: usize, timeout: Duration) -> Vec<u8> {
-        poll_until(timeout, || self.received(index).is_some_and(|r| r.len() >= len));
+        poll_until(timeout, || {
+            self.received(index).is_some_and(|r| r.len() >= len)
+        });
         self.received(index).unwrap_or_default()
     }
 }

@@ -34,7 +34,11 @@ pub struct Route {
 impl Route {
     /// A route for `sni` to `endpoints` with the default connect timeout.
     pub fn new(sni: &str, endpoints: impl IntoIterator<Item = impl Into<Endpoint>>) -> Self {
-        Route { sni: sni.to_string(), endpoints: endpoints.into_iter().map(Into::into).collect(), connect_timeout_ms: None }
+        Route {
+            sni: sni.to_string(),
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            connect_timeout_ms: None,
+        }
     }
 }
 
@@ -73,14 +77,25 @@ pub fn to_json(version: Option<u64>, routes: &[Route]) -> String {
                 .iter()
                 .map(|e| match e {
                     Endpoint::Plain(a) => format!("\"{a}\""),
-                    Endpoint::Weighted(a, w) => format!("{{\"address\": \"{a}\", \"weight\": {w}}}"),
+                    Endpoint::Weighted(a, w) => {
+                        format!("{{\"address\": \"{a}\", \"weight\": {w}}}")
+                    }
                 })
                 .collect();
-            let timeout = route.connect_timeout_ms.map(|ms| format!(", \"connect_timeout_ms\": {ms}")).unwrap_or_default();
-            format!("{{\"sni\": \"{}\", \"endpoints\": [{}]{timeout}}}", route.sni, endpoints.join(", "))
+            let timeout = route
+                .connect_timeout_ms
+                .map(|ms| format!(", \"connect_timeout_ms\": {ms}"))
+                .unwrap_or_default();
+            format!(
+                "{{\"sni\": \"{}\", \"endpoints\": [{}]{timeout}}}",
+                route.sni,
+                endpoints.join(", ")
+            )
         })
         .collect();
-    let version = version.map(|v| format!("\"version\": {v}, ")).unwrap_or_default();
+    let version = version
+        .map(|v| format!("\"version\": {v}, "))
+        .unwrap_or_default();
     format!("{{{version}\"routes\": [{}]}}\n", routes.join(", "))
 }
 
@@ -164,7 +179,8 @@ impl RoutesFile {
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
         std::fs::write(&tmp, contents).unwrap_or_else(|e| panic!("write {}: {e}", tmp.display()));
-        std::fs::rename(&tmp, &self.path).unwrap_or_else(|e| panic!("rename over {}: {e}", self.path.display()));
+        std::fs::rename(&tmp, &self.path)
+            .unwrap_or_else(|e| panic!("rename over {}: {e}", self.path.display()));
     }
 
     /// [`RoutesFile::replace`] with a TOML rendering of `routes`.

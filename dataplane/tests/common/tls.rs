@@ -76,7 +76,13 @@ impl TlsBackend {
     ///
     /// # Errors
     /// If `bind` cannot be bound.
-    pub fn start(id: &str, bind: &str, pki: &Pki, names: &[&str], auth: ClientAuth) -> io::Result<TlsBackend> {
+    pub fn start(
+        id: &str,
+        bind: &str,
+        pki: &Pki,
+        names: &[&str],
+        auth: ClientAuth,
+    ) -> io::Result<TlsBackend> {
         let identity = pki.server(&format!("backend-{id}"), names);
         let config = Arc::new(server_config(pki, &identity, auth));
         let listener = TcpListener::bind(bind)?;
@@ -86,7 +92,8 @@ impl TlsBackend {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let accept_thread = {
-            let (id, accepts, seen, stop) = (id.to_string(), accepts.clone(), seen.clone(), stop.clone());
+            let (id, accepts, seen, stop) =
+                (id.to_string(), accepts.clone(), seen.clone(), stop.clone());
             std::thread::Builder::new()
                 .name(format!("tls-backend-{id}"))
                 .spawn(move || {
@@ -107,7 +114,14 @@ impl TlsBackend {
                     }
                 })?
         };
-        Ok(TlsBackend { id: id.to_string(), addr, accepts, seen, stop, accept_thread: Some(accept_thread) })
+        Ok(TlsBackend {
+            id: id.to_string(),
+            addr,
+            accepts,
+            seen,
+            stop,
+            accept_thread: Some(accept_thread),
+        })
     }
 
     /// The backend's id, as it appears in replies.
@@ -153,9 +167,10 @@ fn server_config(pki: &Pki, identity: &Identity, auth: ClientAuth) -> ServerConf
     let builder = match auth {
         ClientAuth::None => builder.with_no_client_auth(),
         ClientAuth::Required => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(pki.roots()), provider())
-                .build()
-                .expect("client verifier");
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(pki.roots()), provider())
+                    .build()
+                    .expect("client verifier");
             builder.with_client_cert_verifier(verifier)
         }
     };
@@ -181,26 +196,42 @@ fn serve(id: &str, tcp: TcpStream, config: Arc<ServerConfig>, seen: &Mutex<Vec<S
     }
     let record = Seen {
         sni: tls.conn.server_name().map(str::to_string),
-        client_cert: tls.conn.peer_certificates().and_then(|c| c.first()).cloned(),
+        client_cert: tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned(),
         version: tls.conn.protocol_version().map(|v| format!("{v:?}")),
         error: handshake.as_ref().err().map(|e| e.to_string()),
     };
-    seen.lock().unwrap_or_else(|p| p.into_inner()).push(record.clone());
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(record.clone());
     if handshake.is_ok() {
         let _ = commands(id, &record, &mut tls);
     }
 }
 
-fn commands(id: &str, seen: &Seen, tls: &mut StreamOwned<ServerConnection, TcpStream>) -> io::Result<()> {
+fn commands(
+    id: &str,
+    seen: &Seen,
+    tls: &mut StreamOwned<ServerConnection, TcpStream>,
+) -> io::Result<()> {
     loop {
-        let Some(line) = read_command(tls)? else { return Ok(()) };
+        let Some(line) = read_command(tls)? else {
+            return Ok(());
+        };
         let mut words = line.split_whitespace();
         match words.next() {
             Some("id") => {
                 let reply = format!(
                     "backend={id} sni={} client={} version={}\n",
                     seen.sni.as_deref().unwrap_or("-"),
-                    if seen.client_cert.is_some() { "present" } else { "none" },
+                    if seen.client_cert.is_some() {
+                        "present"
+                    } else {
+                        "none"
+                    },
                     seen.version.as_deref().unwrap_or("-"),
                 );
                 tls.write_all(reply.as_bytes())?;
@@ -232,7 +263,9 @@ fn commands(id: &str, seen: &Seen, tls: &mut StreamOwned<ServerConnection, TcpSt
                     }
                     hash.update(&buf[..n]);
                 }
-                tls.write_all(format!("got={} hash={} backend={id}\n", hash.len(), hash.hex()).as_bytes())?;
+                tls.write_all(
+                    format!("got={} hash={} backend={id}\n", hash.len(), hash.hex()).as_bytes(),
+                )?;
                 let mut pattern = Pattern::new(DOWNLOAD_SEED);
                 let mut left = down;
                 while left > 0 {
@@ -265,7 +298,10 @@ fn read_command(tls: &mut StreamOwned<ServerConnection, TcpStream>) -> io::Resul
 
 /// Reads, treating a TCP FIN without close_notify as the end of the stream too: the tests
 /// half-close at the TCP level, and the backend must see that as the client's end.
-fn read_or_fin(tls: &mut StreamOwned<ServerConnection, TcpStream>, buf: &mut [u8]) -> io::Result<usize> {
+fn read_or_fin(
+    tls: &mut StreamOwned<ServerConnection, TcpStream>,
+    buf: &mut [u8],
+) -> io::Result<usize> {
     match tls.read(buf) {
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
         other => other,
@@ -303,7 +339,8 @@ pub fn client_config(pki: &Pki, identity: Option<&Identity>) -> Arc<ClientConfig
 /// without any network.
 pub fn rustls_client_hello(pki: &Pki, sni: &str) -> Vec<u8> {
     let name = ServerName::try_from(sni.to_string()).expect("valid DNS name");
-    let mut conn = ClientConnection::new(client_config(pki, None), name).expect("client connection");
+    let mut conn =
+        ClientConnection::new(client_config(pki, None), name).expect("client connection");
     let mut out = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut out).expect("write_tls to a Vec");
@@ -322,7 +359,12 @@ impl TlsClient {
     ///
     /// # Errors
     /// Connect or handshake failure (a gateway refusal shows up here as EOF or reset).
-    pub fn connect(addr: SocketAddr, sni: &str, pki: &Pki, identity: Option<&Identity>) -> io::Result<TlsClient> {
+    pub fn connect(
+        addr: SocketAddr,
+        sni: &str,
+        pki: &Pki,
+        identity: Option<&Identity>,
+    ) -> io::Result<TlsClient> {
         let tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)?;
         set_timeouts(&tcp, IO_TIMEOUT);
         tcp.set_nodelay(true)?;
@@ -333,8 +375,13 @@ impl TlsClient {
     ///
     /// # Errors
     /// Handshake failure.
-    pub fn handshake(tcp: TcpStream, sni: &str, config: Arc<ClientConfig>) -> io::Result<TlsClient> {
-        let name = ServerName::try_from(sni.to_string()).map_err(|e| io::Error::other(e.to_string()))?;
+    pub fn handshake(
+        tcp: TcpStream,
+        sni: &str,
+        config: Arc<ClientConfig>,
+    ) -> io::Result<TlsClient> {
+        let name =
+            ServerName::try_from(sni.to_string()).map_err(|e| io::Error::other(e.to_string()))?;
         let conn = ClientConnection::new(config, name).map_err(io::Error::other)?;
         let mut stream = StreamOwned::new(conn, tcp);
         while stream.conn.is_handshaking() {
@@ -364,7 +411,12 @@ impl TlsClient {
         let mut byte = [0u8; 1];
         loop {
             match self.stream.read(&mut byte)? {
-                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "EOF before reply line")),
+                0 => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "EOF before reply line",
+                    ))
+                }
                 _ if byte[0] == b'\n' => return Ok(String::from_utf8_lossy(&line).into_owned()),
                 _ => line.push(byte[0]),
             }
@@ -373,7 +425,8 @@ impl TlsClient {
 
     /// Like [`TlsClient::try_id`], panicking with `what` on failure.
     pub fn id(&mut self, what: &str) -> String {
-        self.try_id().unwrap_or_else(|e| panic!("{what}: no reply to `id`: {e}"))
+        self.try_id()
+            .unwrap_or_else(|e| panic!("{what}: no reply to `id`: {e}"))
     }
 
     /// Shuts down the TCP write side without a close_notify: the backend must learn of the
