@@ -16,24 +16,42 @@ use super::process::Child;
 /// How long the gateway may take to print its readiness lines.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// `--forward`: how bytes move between the two sockets.
+/// The data-plane variant under test: forwarding engine (`--forward`) and kernel engine
+/// (`--engine`). Every data-plane test runs once per variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Forward {
-    /// Kernel pipes (`splice`), bytes never enter user space.
+    /// io_uring, kernel pipes (`splice`): bytes never enter user space.
     Splice,
-    /// Plain reads and writes through user-space buffers.
+    /// io_uring, ring recv/send through provided buffers.
     Copy,
+    /// epoll with non-blocking splice(2).
+    EpollSplice,
+    /// epoll with recv/send.
+    EpollCopy,
 }
 
 impl Forward {
-    /// Both modes, for tests that loop.
-    pub const ALL: [Forward; 2] = [Forward::Splice, Forward::Copy];
+    /// Every variant, for tests that loop.
+    pub const ALL: [Forward; 4] = [
+        Forward::Splice,
+        Forward::Copy,
+        Forward::EpollSplice,
+        Forward::EpollCopy,
+    ];
 
-    /// The flag value.
+    /// The `--forward` value.
     pub fn arg(self) -> &'static str {
         match self {
-            Forward::Splice => "splice",
-            Forward::Copy => "copy",
+            Forward::Splice | Forward::EpollSplice => "splice",
+            Forward::Copy | Forward::EpollCopy => "copy",
+        }
+    }
+
+    /// The `--engine` value.
+    pub fn engine(self) -> &'static str {
+        match self {
+            Forward::Splice | Forward::Copy => "uring",
+            Forward::EpollSplice | Forward::EpollCopy => "epoll",
         }
     }
 }

@@ -6,7 +6,7 @@
 //! [`bounded::run_bounded`], which puts a deadline on every test. Nothing here waits without
 //! a bound: sockets carry read and write timeouts, channels are read with `recv_timeout`.
 //!
-//! Each data-plane test runs once per forward mode (`<test>::splice`, `<test>::copy`), see
+//! Each data-plane test runs once per variant (io_uring and epoll, each with splice and copy), see
 //! [`forward_tests`]. Set `MESHGATE_TEST_ECHO=1` to see the gateway's log as it arrives;
 //! a failing test prints the whole log anyway.
 //!
@@ -47,28 +47,26 @@ pub fn sni(service: &str, dc: &str) -> String {
     format!("{service}.default.{dc}.internal.{TRUST_DOMAIN}")
 }
 
-/// Expands to two `#[test]` functions, `<body>::splice` and `<body>::copy`, each running
-/// `body(Forward::…)` under a deadline of `secs` seconds.
+/// Expands to one `#[test]` per data-plane variant (`<body>::splice`, `<body>::copy`,
+/// `<body>::epoll_splice`, `<body>::epoll_copy`), each running `body(Forward::…)` under a
+/// deadline of `secs` seconds.
 macro_rules! forward_tests {
     ($body:ident, $secs:expr) => {
         mod $body {
-            #[test]
-            fn splice() {
-                $crate::common::run_bounded(
-                    concat!(stringify!($body), "::splice"),
-                    ::std::time::Duration::from_secs($secs),
-                    || super::$body($crate::common::Forward::Splice),
-                );
-            }
-
-            #[test]
-            fn copy() {
-                $crate::common::run_bounded(
-                    concat!(stringify!($body), "::copy"),
-                    ::std::time::Duration::from_secs($secs),
-                    || super::$body($crate::common::Forward::Copy),
-                );
-            }
+            $crate::common::forward_tests!(@one $body, splice, Splice, $secs);
+            $crate::common::forward_tests!(@one $body, copy, Copy, $secs);
+            $crate::common::forward_tests!(@one $body, epoll_splice, EpollSplice, $secs);
+            $crate::common::forward_tests!(@one $body, epoll_copy, EpollCopy, $secs);
+        }
+    };
+    (@one $body:ident, $name:ident, $variant:ident, $secs:expr) => {
+        #[test]
+        fn $name() {
+            $crate::common::run_bounded(
+                concat!(stringify!($body), "::", stringify!($name)),
+                ::std::time::Duration::from_secs($secs),
+                || super::$body($crate::common::Forward::$variant),
+            );
         }
     };
 }
