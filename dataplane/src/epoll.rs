@@ -70,7 +70,7 @@ struct Pool {
 impl Pool {
     fn new(count: u16, size: usize) -> Pool {
         Pool {
-            memory: vec![0u8; usize::from(count) * size].into_boxed_slice(),
+            memory: crate::uring::prefaulted(usize::from(count) * size),
             size,
             free: (0..count).rev().collect(),
         }

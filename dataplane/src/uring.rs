@@ -351,6 +351,18 @@ fn build_ring(entries: u32) -> io::Result<IoUring> {
     }
 }
 
+/// Zeroed memory whose pages are touched now, so that the shard's memory
+/// use is fixed at start instead of growing as buffers are first used.
+pub(crate) fn prefaulted(len: usize) -> Box<[u8]> {
+    let mut memory = vec![0u8; len].into_boxed_slice();
+    for page in memory.chunks_mut(4096) {
+        // SAFETY: `page` is a live, non-empty slice; a volatile write of
+        // the zero already there cannot be elided, so the page is faulted in.
+        unsafe { std::ptr::write_volatile(page.as_mut_ptr(), 0) };
+    }
+    memory
+}
+
 /// A provided-buffer ring: `count` buffers of `size` bytes that the kernel
 /// picks from when a buffer-selecting receive has data.
 struct BufRing {
@@ -378,7 +390,7 @@ impl BufRing {
         if entries.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        let memory = vec![0u8; usize::from(count) * size].into_boxed_slice();
+        let memory = prefaulted(usize::from(count) * size);
         let mut this = BufRing {
             entries,
             entries_layout,

@@ -50,7 +50,9 @@ impl<D: Driver> Shard<D> {
         let is_read = kind == read_kind(d);
         let before = conn.dirs[d].bytes;
         let step = match mode {
-            ForwardMode::Splice => conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result, now),
+            ForwardMode::Splice => {
+                conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result, now)
+            }
             ForwardMode::Copy => conn.dirs[d].on_copy(&mut self.driver, is_read, c),
         };
         let moved = conn.dirs[d].bytes - before;
