@@ -308,6 +308,11 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         upgrade_server.as_ref(),
         &handover,
     );
+    // Stop being ready first, then close every listening socket this process
+    // holds (the spare copies kept for a successor here, the shards' own in
+    // `stop_shards`), so that new connections are refused, not queued.
+    shared.ready.store(false, Ordering::Release);
+    drop(handover);
     info!(
         drain_timeout_secs = args.drain_timeout_secs,
         "stopping: draining connections"

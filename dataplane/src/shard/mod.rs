@@ -277,16 +277,16 @@ impl<D: Driver> Shard<D> {
         sys::eventfd_drain(self.wake.as_fd());
         if self.shared.stop.load(Ordering::Acquire) && self.draining_until.is_none() {
             self.draining_until = Some(self.now_ms + self.cfg.drain_timeout.as_millis() as u64);
-            // Closing a listener also ends its multishot accept.
-            for listener in &mut self.listeners {
-                if let Some(fd) = listener.take() {
-                    let raw = fd.as_raw_fd();
-                    // Cancel first: the accept must complete before the fd
-                    // number can be reused; the ring holds its own reference.
-                    self.driver
-                        .cancel_fd(Token::new(OpKind::Cancel, u32::MAX, 0), raw);
-                    drop(fd);
-                }
+            // Cancel each accept by descriptor. The descriptor stays open
+            // until the accept's final completion arrives (`on_accept`): the
+            // kernel finds the request by looking the fd up when it runs the
+            // cancel, and the ring's own reference would otherwise keep the
+            // socket listening.
+            for listener in self.listeners.iter().flatten() {
+                self.driver.cancel_fd(
+                    Token::new(OpKind::Cancel, u32::MAX, 0),
+                    listener.as_raw_fd(),
+                );
             }
             debug!(shard = self.cfg.id, active = self.conns.len(), "draining");
         }
@@ -304,19 +304,27 @@ impl<D: Driver> Shard<D> {
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                     self.stats.accept_errors.add(1);
                     warn!(shard = self.cfg.id, error = %e, "accept failed; shedding new connections for {ACCEPT_BACKOFF_MS} ms");
-                    if !c.more {
+                    if !c.more && self.draining_until.is_none() {
                         self.accept_retry_at = Some(self.now_ms + ACCEPT_BACKOFF_MS);
+                        return;
                     }
-                    return;
                 }
-                Some(libc::ECANCELED) | Some(libc::EBADF) | Some(libc::EINVAL) => return,
+                // Cancelled (drain) or the socket is gone: nothing to count.
+                Some(libc::ECANCELED) | Some(libc::EBADF) | Some(libc::EINVAL) => {}
                 _ => {
                     self.stats.accept_errors.add(1);
                     debug!(shard = self.cfg.id, error = %e, "accept error");
                 }
             },
         }
-        if !c.more && self.draining_until.is_none() {
+        if c.more {
+            return;
+        }
+        if self.draining_until.is_some() {
+            // The accept is over: closing our descriptor closes the socket
+            // (unless a successor holds it) and refuses new connections.
+            self.listeners[index] = None;
+        } else {
             self.arm_accept(index);
         }
     }

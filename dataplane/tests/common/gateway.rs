@@ -67,8 +67,12 @@ pub struct GatewayOpts<'a> {
     pub shards: usize,
     /// One `--listen` each; defaults to `127.0.0.1:0`.
     pub listen: Vec<String>,
-    /// Appended after the standard arguments.
+    /// Appended after the standard arguments. An `--admin` here replaces the
+    /// default `--admin none`.
     pub extra_args: Vec<String>,
+    /// Make `io_uring_setup` fail with EPERM in the child (a seccomp filter,
+    /// as Docker's default profile does).
+    pub deny_io_uring: bool,
 }
 
 impl<'a> GatewayOpts<'a> {
@@ -80,6 +84,7 @@ impl<'a> GatewayOpts<'a> {
             shards: 2,
             listen: vec!["127.0.0.1:0".into()],
             extra_args: Vec::new(),
+            deny_io_uring: false,
         }
     }
 }
@@ -109,10 +114,18 @@ impl Gateway {
             &opts.shards.to_string(),
             "--forward",
             opts.forward.arg(),
-            "--admin",
-            "none",
         ]);
+        // The variant's engine and `--admin none`, unless the test sets its own.
+        if !opts.extra_args.iter().any(|a| a == "--engine") {
+            cmd.args(["--engine", opts.forward.engine()]);
+        }
+        if !opts.extra_args.iter().any(|a| a == "--admin") {
+            cmd.args(["--admin", "none"]);
+        }
         cmd.args(&opts.extra_args);
+        if opts.deny_io_uring {
+            super::seccomp::deny_io_uring(&mut cmd);
+        }
         cmd.env("RUST_LOG", "meshgate=debug,info")
             .env("NO_COLOR", "1");
         let child =
@@ -134,6 +147,15 @@ impl Gateway {
                 panic!("readiness line {line:?}: address {text:?} is not IP:PORT: {e}")
             });
             assert_ne!(addr.port(), 0, "readiness line reports port 0: {line:?}");
+            // The variant under test must be the one that runs.
+            if !opts.extra_args.iter().any(|a| a == "--engine") {
+                let engine = format!("engine=\"{}\"", opts.forward.engine());
+                let forward = format!("forward=\"{}\"", opts.forward.arg());
+                assert!(
+                    line.contains(&engine) && line.contains(&forward),
+                    "readiness line {line:?} does not say {engine} {forward}"
+                );
+            }
             if !addrs.contains(&addr) {
                 addrs.push(addr);
             }
@@ -208,6 +230,34 @@ impl Gateway {
     /// Sends a signal (e.g. `libc::SIGHUP`).
     pub fn signal(&self, signal: libc::c_int) {
         super::bounded::send_signal(self.pid(), signal).expect("kill(2) the gateway");
+    }
+
+    /// The admin listener's address, from its `admin listening` line.
+    pub fn admin_addr(&self) -> SocketAddr {
+        // The line comes before the readiness lines, which `start` has read.
+        let line = self
+            .log_lines()
+            .into_iter()
+            .find(|l| l.contains("admin listening"))
+            .unwrap_or_else(|| panic!("no `admin listening` line\n--- log ---\n{}", self.log()));
+        field(&line, "address")
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+    }
+
+    /// The first log line so far matching `pred`, or else the next one to
+    /// arrive within `timeout` (for lines that may precede the readiness
+    /// lines `start` consumed).
+    pub fn find_or_wait(&self, timeout: Duration, mut pred: impl FnMut(&str) -> bool) -> String {
+        if let Some(line) = self.log_lines().into_iter().find(|l| pred(l)) {
+            return line;
+        }
+        self.wait_for(timeout, pred)
+    }
+
+    /// Waits for the process to exit; its status, or `None` after `timeout`.
+    pub fn wait_exit(&self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.child.exit_status(timeout)
     }
 
     /// Whether the process is still running.

@@ -21,6 +21,7 @@ pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod routes;
+pub mod seccomp;
 pub mod tls;
 
 pub use bounded::run_bounded;
