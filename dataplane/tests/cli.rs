@@ -159,3 +159,164 @@ fn lookup_prints_one_json_line_or_no_route() {
         },
     );
 }
+
+#[test]
+fn sni_prints_consul_names() {
+    run_bounded("sni_prints_consul_names", Duration::from_secs(30), || {
+        let td = "11111111-2222-3333-4444-555555555555.consul";
+        let cases: &[(&[&str], String)] = &[
+            (
+                &[
+                    "sni",
+                    "service",
+                    "--service",
+                    "api",
+                    "--datacenter",
+                    "dc2",
+                    "--trust-domain",
+                    td,
+                ],
+                format!("api.default.dc2.internal.{td}"),
+            ),
+            (
+                &[
+                    "sni",
+                    "service",
+                    "--service",
+                    "billing",
+                    "--subset",
+                    "v2",
+                    "--namespace",
+                    "pay",
+                    "--partition",
+                    "finance",
+                    "--datacenter",
+                    "dc1",
+                    "--trust-domain",
+                    td,
+                ],
+                format!("v2.billing.pay.finance.dc1.internal-v1.{td}"),
+            ),
+            (
+                &[
+                    "sni",
+                    "gateway",
+                    "--datacenter",
+                    "dc2",
+                    "--trust-domain",
+                    td,
+                ],
+                format!("dc2.internal.{td}"),
+            ),
+            (
+                &[
+                    "sni",
+                    "gateway",
+                    "--datacenter",
+                    "dc1",
+                    "--partition",
+                    "finance",
+                    "--trust-domain",
+                    td,
+                    "--wildcard",
+                ],
+                format!("*.finance.dc1.internal-v1.{td}"),
+            ),
+            (
+                &[
+                    "sni",
+                    "query",
+                    "--query",
+                    "geo-db",
+                    "--datacenter",
+                    "dc1",
+                    "--trust-domain",
+                    td,
+                ],
+                format!("geo-db.default.dc1.query.{td}"),
+            ),
+            (
+                &[
+                    "sni",
+                    "peered",
+                    "--service",
+                    "api",
+                    "--peer",
+                    "cluster-02",
+                    "--trust-domain",
+                    td,
+                ],
+                format!("api.default.default.cluster-02.external.{td}"),
+            ),
+            (
+                &["sni", "server", "--datacenter", "dc2"],
+                "server.dc2.consul".to_string(),
+            ),
+            (
+                &[
+                    "sni",
+                    "server",
+                    "--datacenter",
+                    "dc2",
+                    "--node",
+                    "s1",
+                    "--domain",
+                    "corp.",
+                ],
+                "s1.server.dc2.corp".to_string(),
+            ),
+            (
+                &[
+                    "sni",
+                    "peering-server",
+                    "--datacenter",
+                    "dc1",
+                    "--trust-domain",
+                    td,
+                ],
+                format!("server.dc1.peering.{td}"),
+            ),
+        ];
+        for (args, want) in cases {
+            let (code, lines) = meshgate(args);
+            assert_eq!(code, Some(0), "{args:?}: {}", output_of(&lines));
+            assert_eq!(lines, vec![want.clone()], "{args:?}");
+        }
+    });
+}
+
+#[test]
+fn serve_exit_codes_name_the_problem() {
+    run_bounded("serve_exit_codes", Duration::from_secs(30), || {
+        let good =
+            RoutesFile::from_routes(None, &[Route::new(&sni("api", "dc1"), [closed_port()])]);
+        let good = good.path().display().to_string();
+        // A bad flag.
+        let (code, lines) = meshgate(&["serve", "--listen", "not-an-address", "--routes", &good]);
+        assert_eq!(code, Some(64), "{}", output_of(&lines));
+        // A routes file that is not there.
+        let (code, lines) = meshgate(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "none",
+            "--routes",
+            "/nonexistent/routes.toml",
+        ]);
+        assert_eq!(code, Some(66), "{}", output_of(&lines));
+        assert!(output_of(&lines).contains("/nonexistent/routes.toml"));
+        // An address in use (by a plain listener without SO_REUSEPORT).
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = taken.local_addr().unwrap().to_string();
+        let (code, lines) = meshgate(&[
+            "serve", "--listen", &addr, "--admin", "none", "--routes", &good,
+        ]);
+        assert_eq!(code, Some(73), "{}", output_of(&lines));
+        let last = lines.last().cloned().unwrap_or_default();
+        assert!(
+            last.starts_with("meshgate: cannot listen on") && last.contains(&addr),
+            "{last:?}"
+        );
+    });
+}

@@ -358,3 +358,54 @@ fn uring_engine_exits_69_with_one_line_when_io_uring_is_refused() {
         );
     });
 }
+
+fn access_log_lines(forward: Forward) {
+    let echo = RawBackend::start("echo", "127.0.0.1:0", RawMode::Echo).unwrap();
+    let name = sni("api", "dc1");
+    let file = RoutesFile::from_routes(None, &[Route::new(&name, [echo.addr()])]);
+    let log_path = file.dir().join("access.log");
+    let mut opts = GatewayOpts::new(file.path(), forward);
+    opts.extra_args = vec!["--access-log".into(), log_path.display().to_string()];
+    let gw = Gateway::start(&opts);
+    let (sent, received) = echo_once(gw.addr(), &name, 10_000);
+    let unknown = sni("nobody", "dc1");
+    assert_refused(
+        gw.addr(),
+        &client_hello(Some(&unknown), 0),
+        IO_TIMEOUT,
+        "unknown name",
+    );
+
+    let mut lines: Vec<serde_json::Value> = Vec::new();
+    let complete = poll_until(Duration::from_secs(10), || {
+        lines = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}"))
+            })
+            .collect();
+        lines.len() == 2
+    });
+    assert!(complete, "access log has {} lines: {lines:?}", lines.len());
+    let good = lines
+        .iter()
+        .find(|l| l["end"] == "done")
+        .expect("a `done` line");
+    assert_eq!(good["sni"], name.as_str());
+    assert_eq!(good["route"], name.as_str());
+    assert_eq!(good["endpoint"], echo.addr().to_string());
+    assert_eq!(good["bytes_to_upstream"], sent as u64);
+    assert_eq!(good["bytes_to_client"], received as u64);
+    assert!(good["client"]
+        .as_str()
+        .is_some_and(|c| c.starts_with("127.0.0.1:")));
+    let refused = lines
+        .iter()
+        .find(|l| l["end"] == "unknown_sni")
+        .expect("an `unknown_sni` line");
+    assert_eq!(refused["sni"], unknown.as_str());
+    assert!(refused["endpoint"].is_null() && refused["route"].is_null());
+}
+
+forward_tests!(access_log_lines, 60);
