@@ -163,9 +163,15 @@ pub struct Shard<D: Driver> {
     now_ms: u64,
     accept_retry_at: Option<u64>,
     draining_until: Option<u64>,
+    /// Resource warnings are logged at most once per [`WARN_EVERY_MS`].
+    next_warning_ms: u64,
 }
 
 const ACCEPT_BACKOFF_MS: u64 = 50;
+/// How soon work waiting for a buffer or a pipe is retried.
+const STARVED_RETRY_MS: u64 = 10;
+/// At most one resource warning per shard per this many ms.
+const WARN_EVERY_MS: u64 = 1_000;
 
 impl<D: Driver> Shard<D> {
     /// A shard that serves `listeners` with `driver`.
@@ -204,6 +210,7 @@ impl<D: Driver> Shard<D> {
             now_ms: 0,
             accept_retry_at: None,
             draining_until: None,
+            next_warning_ms: 0,
         }
     }
 
@@ -241,6 +248,9 @@ impl<D: Driver> Shard<D> {
             self.pipes.next_trim(),
             self.accept_retry_at,
             self.draining_until,
+            // Work waiting for a buffer or pipe is retried soon even if
+            // nothing else completes meanwhile.
+            (!self.starved.is_empty()).then_some(self.now_ms + STARVED_RETRY_MS),
         ]
         .into_iter()
         .flatten()
@@ -303,7 +313,15 @@ impl<D: Driver> Shard<D> {
             Err(e) => match e.raw_os_error() {
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                     self.stats.accept_errors.add(1);
-                    warn!(shard = self.cfg.id, error = %e, "accept failed; shedding new connections for {ACCEPT_BACKOFF_MS} ms");
+                    if self.now_ms >= self.next_warning_ms {
+                        self.next_warning_ms = self.now_ms + WARN_EVERY_MS;
+                        warn!(
+                            shard = self.cfg.id,
+                            error = %e,
+                            failures = self.stats.accept_errors.get(),
+                            "accept failed; pausing accepts for {ACCEPT_BACKOFF_MS} ms (shedding new connections)"
+                        );
+                    }
                     if !c.more && self.draining_until.is_none() {
                         self.accept_retry_at = Some(self.now_ms + ACCEPT_BACKOFF_MS);
                         return;
