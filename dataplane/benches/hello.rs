@@ -30,7 +30,7 @@ fn hello(name: &str, key_share: usize, record: usize) -> Vec<u8> {
     let mut ks = ((4 + key_share) as u16).to_be_bytes().to_vec();
     ks.extend_from_slice(&29u16.to_be_bytes());
     ks.extend_from_slice(&(key_share as u16).to_be_bytes());
-    ks.extend(std::iter::repeat_n(0x42u8, key_share));
+    ks.extend_from_slice(&vec![0x42u8; key_share]);
     ext(&mut exts, 51, &ks);
     let mut body = vec![3, 3];
     body.extend_from_slice(&[7; 32]);
