@@ -254,10 +254,12 @@ pub fn read_signal(fd: BorrowedFd<'_>) -> io::Result<u32> {
     Ok(info.ssi_signo)
 }
 
-/// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit; returns the new limit.
+/// Raises `RLIMIT_NOFILE` as far as allowed: both limits to `fs.nr_open`
+/// when the process may raise its hard limit (root, or `CAP_SYS_RESOURCE`),
+/// else the soft limit to the hard one. Returns the soft limit now in force.
 ///
 /// # Errors
-/// The kernel's.
+/// The kernel's, from reading the limit.
 pub fn raise_nofile_limit() -> io::Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -265,6 +267,20 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     };
     // SAFETY: `lim` is a live rlimit.
     cvt(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    if let Some(ceiling) = nr_open.filter(|&n| n > lim.rlim_max) {
+        let wanted = libc::rlimit {
+            rlim_cur: ceiling,
+            rlim_max: ceiling,
+        };
+        // SAFETY: `wanted` is a live, initialised rlimit. Refused without
+        // the privilege; then the soft limit is raised below.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) } == 0 {
+            return Ok(ceiling);
+        }
+    }
     if lim.rlim_cur < lim.rlim_max {
         lim.rlim_cur = lim.rlim_max;
         // SAFETY: `lim` is a live, initialised rlimit.
