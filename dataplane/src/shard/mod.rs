@@ -615,3 +615,20 @@ fn buffer_group(kind: OpKind) -> Group {
         Group::Io
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Memory per idle connection is a goal (issue 9: at most 500 bytes of
+    /// meshgate's own memory); the slab entry is most of it.
+    #[test]
+    fn connection_state_stays_small() {
+        let conn = std::mem::size_of::<Conn>();
+        eprintln!(
+            "Conn: {conn} bytes, Dir: {} bytes",
+            std::mem::size_of::<Dir>()
+        );
+        assert!(conn <= 320, "Conn grew to {conn} bytes");
+    }
+}
