@@ -174,6 +174,41 @@ pub struct LoadBalancer {
     pub policy: String,
 }
 
+/// `GET /v1/agent/self` (only what the agent needs).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AgentSelf {
+    /// The agent's configuration.
+    pub config: AgentConfig,
+}
+
+/// `Config` of `/v1/agent/self`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AgentConfig {
+    /// The agent's datacenter.
+    pub datacenter: String,
+    /// Its admin partition (present on Enterprise only).
+    pub partition: Option<String>,
+    /// `1.17.0`, or `1.17.0+ent` on Enterprise.
+    pub version: String,
+}
+
+impl AgentConfig {
+    /// Whether the agent is Consul Enterprise.
+    pub fn is_enterprise(&self) -> bool {
+        self.partition.is_some() || self.version.contains("+ent")
+    }
+}
+
+/// An entry of `/v1/namespaces` or `/v1/partitions` (Enterprise).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Named {
+    /// Its name.
+    pub name: String,
+}
+
 /// Parses a Go duration (`"15s"`, `"1m30s"`, `"250ms"`, `"1.5s"`) into
 /// milliseconds; `None` when it does not parse.
 pub fn go_duration_ms(text: &str) -> Option<u64> {
