@@ -409,3 +409,70 @@ fn access_log_lines(forward: Forward) {
 }
 
 forward_tests!(access_log_lines, 60);
+
+/// Runs `meshgate serve` on a port below 1024 as `nobody`, with or without
+/// the one capability it needs. Skips (saying why) when not root or when
+/// `setpriv` is missing.
+#[test]
+fn binds_a_low_port_with_only_cap_net_bind_service() {
+    run_bounded("low port", Duration::from_secs(60), || {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 || which("setpriv").is_none() {
+            eprintln!("SKIP: needs root and setpriv(1) to drop to nobody with one capability");
+            return;
+        }
+        let Some(port) =
+            (900..1024).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        else {
+            eprintln!("SKIP: no free port below 1024 on 127.0.0.1");
+            return;
+        };
+        let echo = RawBackend::start("echo", "127.0.0.1:0", RawMode::Echo).unwrap();
+        let name = sni("api", "dc1");
+        let file = RoutesFile::from_routes(None, &[Route::new(&name, [echo.addr()])]);
+        let listen = format!("127.0.0.1:{port}");
+        let serve = |caps: bool| {
+            let mut cmd = std::process::Command::new("setpriv");
+            cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"]);
+            if caps {
+                cmd.args([
+                    "--inh-caps=+net_bind_service",
+                    "--ambient-caps=+net_bind_service",
+                ]);
+            }
+            cmd.arg(env!("CARGO_BIN_EXE_meshgate"))
+                .args([
+                    "serve", "--listen", &listen, "--admin", "none", "--shards", "1", "--routes",
+                ])
+                .arg(file.path())
+                .env("NO_COLOR", "1");
+            cmd
+        };
+        // Without the capability: refused, exit 73, one line naming the address.
+        let out = serve(false).output().expect("run setpriv");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(73), "{stderr}");
+        assert!(
+            stderr.lines().last().unwrap_or_default().contains(&listen),
+            "{stderr}"
+        );
+        // With only CAP_NET_BIND_SERVICE: serves.
+        let child = common::process::Child::spawn("meshgate", serve(true), false).expect("spawn");
+        child
+            .wait_for(Duration::from_secs(15), |l| {
+                l.contains("listening") && l.contains(&listen)
+            })
+            .unwrap_or_else(|why| panic!("{why}\n{}", child.log()));
+        let addr: SocketAddr = listen.parse().unwrap();
+        let (sent, received) = echo_once(addr, &name, 1000);
+        assert!(received > sent);
+    });
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|dir| std::path::Path::new(dir).join(program))
+        .find(|p| p.is_file())
+}
