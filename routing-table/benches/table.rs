@@ -1,7 +1,9 @@
 //! Routing table benches: lookup (exact hit, wildcard hit, miss), build, and
 //! JSON snapshot decode, for 1k, 10k and 100k realistic Consul routes (1M
 //! with `MESHGATE_BENCH_1M=1`). Bytes per route: `cargo run --release -p
-//! routing-table --example table_memory`.
+//! routing-table --example table_memory`. On a shared machine, wall times
+//! move a lot; instruction counts do not: the `lookup_loop` and `parse_loop`
+//! examples run the same work under `valgrind --tool=callgrind`.
 
 use std::hint::black_box;
 use std::time::Duration;

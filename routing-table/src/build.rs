@@ -1,5 +1,7 @@
-//! Validation of one [`RouteSpec`] into a [`Route`], for
-//! [`Table::build`](crate::Table::build).
+//! Validation of one route as written into a [`Route`], for
+//! [`Table::build`](crate::Table::build) (from a [`RouteSpec`]) and
+//! [`Table::parse`](crate::Table::parse) (from a route as the fast JSON
+//! reader saw it, borrowing from the text).
 //!
 //! Every check names the route (index and `sni` as written) and the field,
 //! and the first problem in file order wins. Whole-table checks (duplicate
@@ -9,6 +11,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::addr;
+use crate::balance::LbPolicy;
 use crate::error::{RouteProblem, SnapshotError};
 use crate::hash::FoldBuildHasher;
 use crate::name::Pattern;
@@ -18,28 +22,91 @@ use crate::table::{Endpoint, Route, MAX_CONNECT_TIMEOUT_MS, MAX_WEIGHT};
 /// Above this many endpoints, duplicates are found with a map instead of a scan.
 const SCAN_LIMIT: usize = 16;
 
-/// Validates route `index`, returning it and its map key (the exact name, or
-/// a wildcard's suffix).
-pub(crate) fn route(index: usize, spec: &RouteSpec) -> Result<(Route, Box<[u8]>), SnapshotError> {
+/// A route as written: a [`RouteSpec`], or a route read by `json.rs`.
+pub(crate) trait RouteSource {
+    /// Its endpoints' type.
+    type Endpoint: EndpointSource;
+    /// `sni` as written.
+    fn sni(&self) -> &str;
+    /// `endpoints` as written.
+    fn endpoints(&self) -> &[Self::Endpoint];
+    /// `connect_timeout_ms` as written.
+    fn connect_timeout_ms(&self) -> Option<u64>;
+    /// `lb_policy` as written.
+    fn lb_policy(&self) -> Option<LbPolicy>;
+}
+
+/// An endpoint as written: an [`EndpointSpec`], or one read by `json.rs`.
+pub(crate) trait EndpointSource {
+    /// The address as written.
+    fn address(&self) -> &str;
+    /// The weight, with the default of 1 applied.
+    fn weight(&self) -> u32;
+}
+
+impl<R: RouteSource> RouteSource for &R {
+    type Endpoint = R::Endpoint;
+    fn sni(&self) -> &str {
+        (*self).sni()
+    }
+    fn endpoints(&self) -> &[R::Endpoint] {
+        (*self).endpoints()
+    }
+    fn connect_timeout_ms(&self) -> Option<u64> {
+        (*self).connect_timeout_ms()
+    }
+    fn lb_policy(&self) -> Option<LbPolicy> {
+        (*self).lb_policy()
+    }
+}
+
+impl RouteSource for RouteSpec {
+    type Endpoint = EndpointSpec;
+    fn sni(&self) -> &str {
+        &self.sni
+    }
+    fn endpoints(&self) -> &[EndpointSpec] {
+        &self.endpoints
+    }
+    fn connect_timeout_ms(&self) -> Option<u64> {
+        self.connect_timeout_ms
+    }
+    fn lb_policy(&self) -> Option<LbPolicy> {
+        self.lb_policy
+    }
+}
+
+impl EndpointSource for EndpointSpec {
+    fn address(&self) -> &str {
+        EndpointSpec::address(self)
+    }
+    fn weight(&self) -> u32 {
+        EndpointSpec::weight(self)
+    }
+}
+
+/// Validates route `index`.
+pub(crate) fn route<R: RouteSource>(index: usize, spec: &R) -> Result<Route, SnapshotError> {
     let fail = |field: String, problem: RouteProblem| SnapshotError::Route {
         index,
-        sni: spec.sni.clone(),
+        sni: spec.sni().to_owned(),
         field,
         problem,
     };
 
     let pattern =
-        Pattern::parse(&spec.sni).map_err(|e| fail("sni".into(), RouteProblem::InvalidName(e)))?;
+        Pattern::parse(spec.sni()).map_err(|e| fail("sni".into(), RouteProblem::InvalidName(e)))?;
 
-    if spec.endpoints.is_empty() {
+    let specs = spec.endpoints();
+    if specs.is_empty() {
         return Err(fail("endpoints".into(), RouteProblem::NoEndpoints));
     }
-    let mut endpoints = Vec::with_capacity(spec.endpoints.len());
+    let mut endpoints = Vec::with_capacity(specs.len());
     let mut seen: HashMap<SocketAddr, usize, FoldBuildHasher> = HashMap::default();
-    for (i, endpoint_spec) in spec.endpoints.iter().enumerate() {
+    for (i, endpoint_spec) in specs.iter().enumerate() {
         let endpoint = endpoint(endpoint_spec)
             .map_err(|(field, problem)| fail(format!("endpoints[{i}].{field}"), problem))?;
-        let first = if spec.endpoints.len() <= SCAN_LIMIT {
+        let first = if specs.len() <= SCAN_LIMIT {
             endpoints
                 .iter()
                 .position(|e: &Endpoint| e.addr == endpoint.addr)
@@ -55,7 +122,7 @@ pub(crate) fn route(index: usize, spec: &RouteSpec) -> Result<(Route, Box<[u8]>)
         endpoints.push(endpoint);
     }
 
-    let connect_timeout = match spec.connect_timeout_ms {
+    let connect_timeout = match spec.connect_timeout_ms() {
         None => None,
         Some(ms @ 1..=MAX_CONNECT_TIMEOUT_MS) => Some(Duration::from_millis(ms)),
         Some(ms) => {
@@ -69,21 +136,20 @@ pub(crate) fn route(index: usize, spec: &RouteSpec) -> Result<(Route, Box<[u8]>)
         }
     };
 
-    let route = Route {
-        sni: pattern.text(),
+    Ok(Route {
+        sni: pattern.text,
         kind: pattern.kind,
         endpoints: endpoints.into_boxed_slice(),
         connect_timeout,
-        lb_policy: spec.lb_policy.unwrap_or_default(),
-    };
-    Ok((route, pattern.key))
+        lb_policy: spec.lb_policy().unwrap_or_default(),
+    })
 }
 
 /// Validates one endpoint; on error returns the field (`address` or
 /// `weight`) and the problem.
-fn endpoint(spec: &EndpointSpec) -> Result<Endpoint, (&'static str, RouteProblem)> {
+fn endpoint(spec: &impl EndpointSource) -> Result<Endpoint, (&'static str, RouteProblem)> {
     let address = spec.address();
-    let addr: SocketAddr = address.parse().map_err(|_| {
+    let addr = addr::parse(address).ok_or_else(|| {
         let problem = RouteProblem::NotIpPort {
             value: address.to_owned(),
         };

@@ -56,7 +56,9 @@ pub enum SnapshotError {
         /// Version of the refused snapshot.
         offered: u64,
     },
-    /// More routes than a [`RouteId`](crate::RouteId) can index.
+    /// More routes than one table holds: a [`RouteId`](crate::RouteId)
+    /// indexes at most `u32::MAX` routes, and the table's index holds at
+    /// most 4 GiB of names (then `max` is the number of routes that fit).
     #[error("{count} routes is more than the maximum of {max}")]
     TooManyRoutes {
         /// Number of routes offered.

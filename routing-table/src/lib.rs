@@ -39,13 +39,17 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod addr;
 mod balance;
 mod build;
 pub mod consul;
 mod error;
 mod hash;
+mod index;
+mod json;
 mod name;
 mod snapshot;
+mod swar;
 mod table;
 
 pub use balance::{Balancer, LbPolicy};

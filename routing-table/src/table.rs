@@ -2,23 +2,23 @@
 //!
 //! A [`Table`] is built once from a [`Snapshot`] (see `build.rs` for the
 //! validation) and then only read, from any number of threads. It holds the
-//! routes in file order plus two maps from normalized names to route indexes:
-//! one for exact names, one for wildcard suffixes (`*.b.c` is keyed `b.c`).
+//! routes in file order plus an index from normalized patterns to route
+//! indexes (see `index.rs`): exact names, and wildcard suffixes (`*.b.c` is
+//! keyed `b.c`).
 //!
-//! [`Table::lookup`] lower-cases the SNI into a stack buffer, probes the exact
-//! map once, then probes the wildcard map once per label boundary from the
-//! left, so the first hit is the longest suffix. It never allocates.
+//! [`Table::lookup`] case-folds and hashes the SNI in one pass, probes the
+//! index once for the exact name, then once per label boundary whose suffix
+//! is as long as some wildcard's, longest first. It never allocates.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::balance::LbPolicy;
-use crate::build;
+use crate::build::{self, RouteSource};
 use crate::error::SnapshotError;
-use crate::hash::FoldBuildHasher;
-use crate::name::{normalize_into, NameBuf};
+use crate::index::{ArenaFull, NameIndex};
+use crate::json;
 use crate::snapshot::{EndpointSpec, Format, RouteSpec, Snapshot};
 
 /// Largest endpoint weight accepted.
@@ -99,19 +99,13 @@ pub struct Match<'t> {
     pub kind: MatchKind,
 }
 
-type NameMap = HashMap<Box<[u8]>, RouteId, FoldBuildHasher>;
-
 /// An immutable, validated routing table. Cheap to share (`Send + Sync`); the
 /// data plane keeps one behind an `arc-swap` and replaces it whole.
 #[derive(Clone)]
 pub struct Table {
     version: Option<u64>,
     routes: Box<[Route]>,
-    exact: NameMap,
-    wildcard: NameMap,
-    /// Shortest and longest wildcard suffix in bytes, to skip probes that
-    /// cannot hit (`usize::MAX..=0` when there is no wildcard).
-    wildcard_lens: (usize, usize),
+    index: NameIndex,
 }
 
 impl Table {
@@ -120,9 +114,7 @@ impl Table {
         Table {
             version: None,
             routes: Box::default(),
-            exact: NameMap::default(),
-            wildcard: NameMap::default(),
-            wildcard_lens: (usize::MAX, 0),
+            index: NameIndex::with_capacity(0, 0),
         }
     }
 
@@ -136,51 +128,81 @@ impl Table {
     /// duplicate endpoint, weight or connect timeout out of range), or
     /// [`SnapshotError::Duplicate`] naming both routes with the same pattern.
     pub fn build(snapshot: &Snapshot) -> Result<Table, SnapshotError> {
-        let count = snapshot.routes.len();
+        let key_bytes = snapshot.routes.iter().map(|r| r.sni.len()).sum();
+        Table::from_sources(
+            snapshot.version,
+            snapshot.routes.len(),
+            key_bytes,
+            snapshot.routes.iter(),
+        )
+    }
+
+    /// Parses `text` as `format` and builds a table from it.
+    ///
+    /// JSON as the agent writes it is read by a reader that knows the
+    /// schema and borrows every string from `text`, so no name or address is
+    /// copied before validation; anything else goes through
+    /// [`Snapshot::parse`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Snapshot::parse`], then as [`Table::build`].
+    pub fn parse(text: &str, format: Format) -> Result<Table, SnapshotError> {
+        let fast = match format {
+            Format::Json => json::parse(text),
+            Format::Toml => None,
+        };
+        match fast {
+            Some(snapshot) => {
+                let key_bytes = snapshot.routes().map(|r| r.sni().len()).sum();
+                Table::from_sources(
+                    snapshot.version,
+                    snapshot.len(),
+                    key_bytes,
+                    snapshot.routes(),
+                )
+            }
+            None => Table::build(&Snapshot::parse(text, format)?),
+        }
+    }
+
+    /// Validates `count` routes and builds a table of them; `key_bytes`
+    /// estimates the bytes of their names, to size the index once.
+    fn from_sources<R: RouteSource>(
+        version: Option<u64>,
+        count: usize,
+        key_bytes: usize,
+        specs: impl Iterator<Item = R>,
+    ) -> Result<Table, SnapshotError> {
         if u32::try_from(count).is_err() {
             return Err(SnapshotError::TooManyRoutes {
                 count,
                 max: u32::MAX as usize,
             });
         }
-        let mut table = Table::empty();
-        table.version = snapshot.version;
+        let mut index = NameIndex::with_capacity(count, key_bytes);
         let mut routes = Vec::with_capacity(count);
-        table.exact.reserve(count);
-        for (index, spec) in snapshot.routes.iter().enumerate() {
-            let (route, key) = build::route(index, spec)?;
-            // Checked above: `index < count <= u32::MAX`.
-            let id = RouteId(index as u32);
-            let map = match route.kind {
-                PatternKind::Exact => &mut table.exact,
-                PatternKind::Wildcard => {
-                    table.wildcard_lens.0 = table.wildcard_lens.0.min(key.len());
-                    table.wildcard_lens.1 = table.wildcard_lens.1.max(key.len());
-                    &mut table.wildcard
+        for (i, spec) in specs.enumerate() {
+            let route = build::route(i, &spec)?;
+            // Checked above: `i < count <= u32::MAX`.
+            match index.insert(&route, i as u32) {
+                Ok(Ok(())) => routes.push(route),
+                Ok(Err(first)) => {
+                    return Err(SnapshotError::Duplicate {
+                        first: first as usize,
+                        second: i,
+                        sni: route.sni,
+                    })
                 }
-            };
-            if let Some(first) = map.insert(key, id) {
-                return Err(SnapshotError::Duplicate {
-                    first: first.index(),
-                    second: index,
-                    sni: route.sni,
-                });
+                Err(ArenaFull) => return Err(SnapshotError::TooManyRoutes { count, max: i }),
             }
-            routes.push(route);
         }
-        table.routes = routes.into_boxed_slice();
-        table.exact.shrink_to_fit();
-        table.wildcard.shrink_to_fit();
-        Ok(table)
-    }
-
-    /// Parses `text` as `format` and builds a table from it.
-    ///
-    /// # Errors
-    ///
-    /// As [`Snapshot::parse`], then as [`Table::build`].
-    pub fn parse(text: &str, format: Format) -> Result<Table, SnapshotError> {
-        Table::build(&Snapshot::parse(text, format)?)
+        index.shrink_to_fit();
+        Ok(Table {
+            version,
+            routes: routes.into_boxed_slice(),
+            index,
+        })
     }
 
     /// The snapshot's version, if it had one.
@@ -220,33 +242,13 @@ impl Table {
     /// invalid: empty, longer than 253 bytes, with an empty label or a byte
     /// outside `[A-Za-z0-9_-.]`.
     ///
-    /// Never allocates: at most one exact probe plus one wildcard probe per
-    /// label boundary.
+    /// Never allocates: one pass over the name, then one probe for the exact
+    /// name and one per label boundary whose suffix is as long as some
+    /// wildcard's suffix.
+    #[inline]
     pub fn lookup(&self, name: &[u8]) -> Option<Match<'_>> {
-        let mut buf: NameBuf = [0; 256];
-        let name = normalize_into(name, &mut buf).ok()?;
-        if let Some(&id) = self.exact.get(name) {
-            return Some(self.matched(id, MatchKind::Exact));
-        }
-        let (shortest, longest) = self.wildcard_lens;
-        for (i, _) in name.iter().enumerate().filter(|&(_, &b)| b == b'.') {
-            // The label before the dot is non-empty (checked by
-            // `normalize_into`), so the wildcard always covers a label.
-            let suffix = &name[i + 1..];
-            if suffix.len() > longest {
-                continue;
-            }
-            if suffix.len() < shortest {
-                break;
-            }
-            if let Some(&id) = self.wildcard.get(suffix) {
-                let kind = MatchKind::Wildcard {
-                    suffix_len: suffix.len(),
-                };
-                return Some(self.matched(id, kind));
-            }
-        }
-        None
+        let (id, kind) = self.index.find(name)?;
+        Some(self.matched(RouteId(id), kind))
     }
 
     #[inline]
@@ -476,6 +478,29 @@ mod tests {
         assert!(t.lookup(format!("{long}.").as_bytes()).is_some());
         assert!(t.lookup(format!("a{long}").as_bytes()).is_none());
         assert!(t.lookup(&[b'a'; 300]).is_none());
+    }
+
+    #[test]
+    fn json_reader_and_serde_build_the_same_table() {
+        let good = Table::parse(include_str!("../testdata/example.toml"), Format::Toml)
+            .unwrap()
+            .to_snapshot();
+        let texts = [
+            good.to_json(),
+            serde_json::to_string(&good).unwrap(),
+            // Escapes: serde's path, same table.
+            good.to_json().replacen("api.", "\\u0061pi.", 1),
+            r#"{"routes": [{"sni": "a.b", "endpoints": ["10.0.0.1:1"]}, {"sni": "A.B.", "endpoints": ["10.0.0.1:2"]}]}"#.into(),
+            r#"{"routes": [{"sni": "a.b", "endpoints": ["10.0.0.1:1", {"address": "10.0.0.2:1", "weight": 0}]}]}"#.into(),
+            r#"{"routes": [{"sni": "a..b", "endpoints": ["10.0.0.1:1"]}]}"#.into(),
+            r#"{"routes": [{"sni": "a.b", "endpoints": ["010.0.0.1:1", "[::1]:0"]}]}"#.into(),
+            r#"{"routes": [{"sni": "a.b", "endpoints": ["10.0.0.1:1"], "lb_policy": "maglev"}]}"#.into(),
+        ];
+        for text in &texts {
+            let serde = Snapshot::parse(text, Format::Json).and_then(|s| Table::build(&s));
+            assert_eq!(Table::parse(text, Format::Json), serde, "{text}");
+        }
+        assert!(Table::parse(&texts[2], Format::Json).is_ok());
     }
 
     #[test]

@@ -1,0 +1,62 @@
+//! Runs `LOOKUPS` lookups of one kind on a table of `ROUTES` realistic Consul
+//! routes (the bench's route sets and names), for counting instructions,
+//! which unlike wall time are repeatable on a shared machine:
+//!
+//! ```text
+//! cargo build --release -p routing-table --example lookup_loop
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/lookup_loop 100000 exact 0
+//! valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!     target/release/examples/lookup_loop 100000 exact 100000
+//! ```
+//!
+//! The difference between the two totals (`Collected`), divided by
+//! `LOOKUPS`, is the cost of one lookup. Kinds: `exact`, `wildcard`, `miss`.
+//! Without valgrind it also prints the wall time per lookup, handy for
+//! interleaved A/B runs of two builds on a noisy machine.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use routing_table::Table;
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+/// Names looked up in turn, as in the bench.
+const POOL: usize = 4096;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let usage = "usage: lookup_loop ROUTES exact|wildcard|miss LOOKUPS";
+    let n: usize = args.next().and_then(|a| a.parse().ok()).expect(usage);
+    let kind = args.next().expect(usage);
+    let lookups: usize = args.next().and_then(|a| a.parse().ok()).expect(usage);
+
+    let table = Table::build(&support::snapshot(n)).expect("bench routes are valid");
+    let wildcards = table
+        .routes()
+        .iter()
+        .filter(|r| r.sni.starts_with("*."))
+        .count();
+    let service_routes = n - wildcards;
+    let step = (service_routes / POOL).max(1);
+    let names: Vec<String> = match kind.as_str() {
+        "exact" => (0..POOL)
+            .map(|k| support::service_name(k * step % service_routes))
+            .collect(),
+        "wildcard" => (0..POOL).map(support::wildcard_hit).collect(),
+        "miss" => (0..POOL).map(support::miss).collect(),
+        _ => panic!("{usage}"),
+    };
+
+    let start = Instant::now();
+    let mut hits = 0usize;
+    for k in 0..lookups {
+        let name = black_box(names[k % POOL].as_bytes());
+        hits += usize::from(black_box(table.lookup(name).map(|m| m.id)).is_some());
+    }
+    let elapsed = start.elapsed();
+    let per_lookup = elapsed.as_nanos() as f64 / lookups.max(1) as f64;
+    println!("{hits} of {lookups} lookups hit, {per_lookup:.1} ns each");
+}
