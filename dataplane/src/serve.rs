@@ -120,6 +120,9 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     }
     let nofile = sys::raise_nofile_limit().unwrap_or(0);
     warn_low_limits(nofile, &args);
+    // Watch before the first read, so that a file replaced right after it
+    // (or while the shards start) is never missed.
+    let watch = watch_routes_dir(&args.routes);
     let table = load_routes(&args.routes)?;
     let cpus =
         sys::usable_cpus().map_err(|e| ServeError::Internal(format!("sched_getaffinity: {e}")))?;
@@ -303,6 +306,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
 
     control_loop(
         &args.routes,
+        watch,
         &shared,
         &signals,
         upgrade_server.as_ref(),
@@ -477,28 +481,34 @@ fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
 }
 
 /// Watches the routes file and signals until SIGTERM or SIGINT.
-fn control_loop(
-    routes: &Path,
-    shared: &Shared,
-    signals: &OwnedFd,
-    upgrade: Option<&upgrade::UpgradeServer>,
-    handover: &[(SocketAddr, OwnedFd)],
-) {
+/// Watches the directory of the routes file (a control plane renames a new
+/// file over the old one, which changes the inode a file watch would hold).
+fn watch_routes_dir(routes: &Path) -> Option<sys::DirWatch> {
     let dir = routes
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-    let file: OsString = routes
-        .file_name()
-        .map(|f| f.to_os_string())
-        .unwrap_or_default();
-    let watch = match sys::DirWatch::new(&dir) {
+    match sys::DirWatch::new(&dir) {
         Ok(w) => Some(w),
         Err(e) => {
             warn!(dir = %dir.display(), error = %e, "cannot watch the routes directory; only SIGHUP reloads");
             None
         }
-    };
+    }
+}
+
+fn control_loop(
+    routes: &Path,
+    watch: Option<sys::DirWatch>,
+    shared: &Shared,
+    signals: &OwnedFd,
+    upgrade: Option<&upgrade::UpgradeServer>,
+    handover: &[(SocketAddr, OwnedFd)],
+) {
+    let file: OsString = routes
+        .file_name()
+        .map(|f| f.to_os_string())
+        .unwrap_or_default();
     let mut retired: Vec<Arc<Table>> = Vec::new();
     loop {
         let mut fds = vec![signals.as_fd()];

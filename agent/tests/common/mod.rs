@@ -11,8 +11,8 @@
 //! Set `MESHGATE_TEST_ECHO=1` to see the children's logs as they arrive.
 #![allow(dead_code, unused_imports)]
 
-pub mod bounded;
-pub mod process;
+pub use meshgate_testkit::bounded;
+pub use meshgate_testkit::process;
 pub mod tls;
 
 use std::net::SocketAddr;

@@ -13,12 +13,12 @@
 //! Not every test file uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports, unused_macros)]
 
-pub mod bounded;
+pub use meshgate_testkit::bounded;
 pub mod data;
 pub mod gateway;
 pub mod hello;
 pub mod pki;
-pub mod process;
+pub use meshgate_testkit::process;
 pub mod raw;
 pub mod routes;
 pub mod seccomp;

@@ -11,7 +11,7 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::bounded;
+use crate::bounded;
 
 /// A running child process; SIGKILLed and reaped on drop.
 pub struct Child {
@@ -137,6 +137,19 @@ impl Child {
                 }
             }
         }
+    }
+
+    /// The first line received so far matching `pred`, or else the next one
+    /// to arrive within `timeout`.
+    pub fn find_or_wait(
+        &self,
+        timeout: Duration,
+        mut pred: impl FnMut(&str) -> bool,
+    ) -> Result<String, String> {
+        if let Some(line) = self.lines().into_iter().find(|l| pred(l)) {
+            return Ok(line);
+        }
+        self.wait_for(timeout, pred)
     }
 
     /// Pulls in whatever output has already arrived (without waiting).
