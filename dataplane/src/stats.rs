@@ -173,16 +173,38 @@ impl RouteRegistry {
     }
 }
 
-/// A shard's own view of its route counters: pattern -> index, and the
-/// counters by index.
+/// A shard's own view of its route counters: pattern -> index, the counters
+/// by index, and a cache from the current table's route ids to indexes, so
+/// that a connection finds its counters with one array read.
 #[derive(Debug, Default)]
 pub struct ShardRoutes {
+    /// Per route id of the current table: counters index + 1, 0 unknown.
+    by_route: Vec<u32>,
     index: std::collections::HashMap<std::sync::Arc<str>, u32>,
     counters: Vec<std::sync::Arc<RouteCounters>>,
     names: Vec<std::sync::Arc<str>>,
 }
 
 impl ShardRoutes {
+    /// Forgets the route-id cache: a new table with `routes` routes is in use.
+    pub fn new_table(&mut self, routes: usize) {
+        self.by_route.clear();
+        self.by_route.resize(routes, 0);
+    }
+
+    /// The index of the counters of route `id` (pattern `pattern`) of the
+    /// current table: an array read after the first time.
+    pub fn index_for(&mut self, id: usize, pattern: &str, registry: &RouteRegistry) -> u32 {
+        if let Some(&known) = self.by_route.get(id).filter(|&&i| i != 0) {
+            return known - 1;
+        }
+        let i = self.index_of(pattern, registry);
+        if let Some(slot) = self.by_route.get_mut(id) {
+            *slot = i + 1;
+        }
+        i
+    }
+
     /// The index of `pattern`'s counters, registering them on first use.
     pub fn index_of(&mut self, pattern: &str, registry: &RouteRegistry) -> u32 {
         if let Some(&i) = self.index.get(pattern) {
@@ -249,5 +271,46 @@ impl Histogram {
         self.buckets[i].add(1);
         self.sum_micros.add(micros);
         self.count.add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_counters_are_found_by_id_and_survive_a_new_table() {
+        let registry = RouteRegistry::default();
+        let mut routes = ShardRoutes::default();
+        routes.new_table(3);
+        let a = routes.index_for(0, "a.example", &registry);
+        let b = routes.index_for(2, "b.example", &registry);
+        assert_ne!(a, b);
+        assert_eq!(routes.index_for(0, "a.example", &registry), a);
+        routes.get(a).opened.add(2);
+        // A new table where the same pattern has another id keeps its counters.
+        routes.new_table(2);
+        assert_eq!(routes.index_for(1, "a.example", &registry), a);
+        assert_eq!(routes.get(a).opened.get(), 2);
+        // An id past the table (cannot happen, but must not panic) still works.
+        assert_eq!(routes.index_for(9, "b.example", &registry), b);
+        let mut seen = Vec::new();
+        registry.for_each(|name, c| seen.push((name.to_string(), c.opened.get())));
+        assert_eq!(
+            seen,
+            vec![("a.example".to_string(), 2), ("b.example".to_string(), 0)]
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_by_upper_bound() {
+        let h = Histogram::default();
+        h.record(&CONNECT_BUCKETS, 50); // 50 us <= 0.0001 s
+        h.record(&CONNECT_BUCKETS, 100); // exactly the bound
+        h.record(&CONNECT_BUCKETS, 10_000_000); // 10 s: overflow
+        assert_eq!(h.buckets[0].get(), 2);
+        assert_eq!(h.buckets[14].get(), 1);
+        assert_eq!(h.count.get(), 3);
+        assert_eq!(h.sum_micros.get(), 10_000_150);
     }
 }

@@ -186,6 +186,8 @@ impl<D: Driver> Shard<D> {
         let mut table_cache = Cache::new(Arc::clone(&shared.table));
         let table = Arc::clone(table_cache.load());
         let balancer = Balancer::new(&table, cfg.id as u64 + 1);
+        let mut routes = ShardRoutes::default();
+        routes.new_table(table.len());
         Shard {
             pipes: PipePool::new(cfg.pipe_size, cfg.pipe_pool),
             conns: Slab::new(cfg.max_connections),
@@ -202,7 +204,7 @@ impl<D: Driver> Shard<D> {
             balancer,
             timers: Timers::default(),
             stats,
-            routes: ShardRoutes::default(),
+            routes,
             scratch: vec![0u8; MAX_HELLO_BYTES].into_boxed_slice(),
             starved: Vec::new(),
             completions: Vec::with_capacity(1024),

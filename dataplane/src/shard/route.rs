@@ -24,6 +24,7 @@ impl<D: Driver> Shard<D> {
         if !Arc::ptr_eq(current, &self.epoch.table) {
             let table = Arc::clone(current);
             self.balancer = Balancer::new(&table, self.cfg.id as u64 + self.now_ms);
+            self.routes.new_table(table.len());
             self.epoch = Rc::new(Epoch {
                 table,
                 generation: self.epoch.generation.wrapping_add(1),
@@ -62,7 +63,9 @@ impl<D: Driver> Shard<D> {
                 Outcome::Sni { name, .. } => match self.epoch.table.lookup(name) {
                     Some(m) => {
                         debug!(shard = self.cfg.id, sni = %String::from_utf8_lossy(name), route = %m.route.sni, "routed");
-                        let stats = self.routes.index_of(&m.route.sni, &self.stats.routes);
+                        let stats =
+                            self.routes
+                                .index_for(m.id.index(), &m.route.sni, &self.stats.routes);
                         Decision::Route(m.id, self.balancer.pick(&self.epoch.table, m.id), stats)
                     }
                     None => {
