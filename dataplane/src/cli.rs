@@ -40,6 +40,31 @@ pub enum Command {
         /// The server name a client would send.
         name: String,
     },
+    /// Explain, from Consul config entries and service definitions (JSON
+    /// files in a directory), which mesh gateway mode applies to one upstream
+    /// of a service, where it was set, and which hops a connection takes.
+    ///
+    /// Precedence, as in Consul: the upstream's `mesh_gateway`, then the
+    /// service instance's `proxy.mesh_gateway`, then `service-defaults`, then
+    /// `proxy-defaults`; `none` when nothing sets it. Example: `meshgate path
+    /// --service web --upstream api --config ./consul-config --datacenter dc2`.
+    Path {
+        /// The service whose sidecar dials.
+        #[arg(long)]
+        service: String,
+        /// The upstream (destination_name) it dials.
+        #[arg(long)]
+        upstream: String,
+        /// Directory of `*.json` files: config entries and service definitions.
+        #[arg(long, value_name = "DIR")]
+        config: PathBuf,
+        /// The service's datacenter (for the hops and the SNI).
+        #[arg(long)]
+        datacenter: Option<String>,
+        /// The trust domain (for the SNI line).
+        #[arg(long)]
+        trust_domain: Option<String>,
+    },
     /// Print the SNI Consul uses for a service, gateway, query, peer or
     /// server, so you can see what a sidecar will send.
     Sni {

@@ -14,6 +14,7 @@ mod driver;
 mod epoll;
 mod forward;
 pub mod hello;
+mod path;
 mod pipes;
 mod serve;
 mod shard;
@@ -97,6 +98,30 @@ pub fn run() -> ExitCode {
                 None => {
                     println!("no route for {name}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        cli::Command::Path {
+            service,
+            upstream,
+            config,
+            datacenter,
+            trust_domain,
+        } => {
+            let query = path::Query {
+                service: &service,
+                upstream: &upstream,
+                datacenter: datacenter.as_deref(),
+                trust_domain: trust_domain.as_deref(),
+            };
+            match path::explain(&config, &query) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("meshgate: {e}");
+                    ExitCode::from(e.exit_code())
                 }
             }
         }

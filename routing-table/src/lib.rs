@@ -44,6 +44,7 @@ mod balance;
 mod build;
 pub mod consul;
 mod error;
+mod gateway_mode;
 mod hash;
 mod index;
 mod json;
@@ -54,6 +55,7 @@ mod table;
 
 pub use balance::{Balancer, LbPolicy};
 pub use error::{NameError, RouteProblem, SnapshotError};
+pub use gateway_mode::{MeshGatewayMode, ModeSettings, ModeSource};
 pub use name::{MAX_LABEL_LEN, MAX_NAME_LEN};
 pub use snapshot::{check_successor, EndpointSpec, Format, RouteSpec, Snapshot};
 pub use table::{
