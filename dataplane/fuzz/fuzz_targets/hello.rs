@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
             longer.extend_from_slice(b"\x17\x03\x03\x00\x01\x00");
             let mut scratch2 = vec![0u8; MAX_HELLO_BYTES];
             match parse(&longer, &mut scratch2) {
-                Outcome::Sni { name: again, hello_len: len2 } => {
+                Outcome::Sni {
+                    name: again,
+                    hello_len: len2,
+                } => {
                     assert_eq!(again, &name[..]);
                     assert_eq!(len2, hello_len);
                 }
@@ -44,7 +47,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Outcome::NeedMore { at_least } => {
-            assert!(at_least > data.len(), "asked for {at_least} with {} bytes", data.len());
+            assert!(
+                at_least > data.len(),
+                "asked for {at_least} with {} bytes",
+                data.len()
+            );
             assert!(at_least <= MAX_HELLO_BYTES);
         }
         Outcome::NoSni | Outcome::Invalid(_) => {}
