@@ -143,7 +143,7 @@ pub fn parse<'a>(buf: &'a [u8], scratch: &'a mut [u8]) -> Outcome<'a> {
             let body = if joined {
                 &scratch[..body]
             } else {
-                &buf[body_range(buf, body)]
+                &buf[body_range(body)]
             };
             match client_hello_name(body) {
                 Ok(Some(name)) => Outcome::Sni { name, hello_len },
@@ -160,7 +160,7 @@ pub fn parse<'a>(buf: &'a [u8], scratch: &'a mut [u8]) -> Outcome<'a> {
 }
 
 /// Where the handshake body of a single-record hello sits in `buf`.
-fn body_range(_buf: &[u8], body_len: usize) -> std::ops::Range<usize> {
+fn body_range(body_len: usize) -> std::ops::Range<usize> {
     let start = RECORD_HEADER + HANDSHAKE_HEADER;
     start..start + body_len
 }

@@ -133,30 +133,21 @@ impl<D: Driver> Shard<D> {
                         true,
                     );
                 }
-                Starved::Dir(d) => {
-                    // Resume as if the source were ready again.
-                    conn.inflight += 1;
-                    let token = Token::new(read_kind(d), slot, generation);
-                    let fake = Completion {
-                        token,
-                        result: 0,
-                        buffer: None,
-                        more: false,
-                    };
-                    match self.cfg.forward {
-                        ForwardMode::Splice => self.on_conn_completion(
-                            read_kind(d),
-                            Completion {
-                                result: libc::POLLIN as i32,
-                                ..fake
-                            },
-                        ),
-                        ForwardMode::Copy => {
-                            conn.inflight -= 1;
-                            self.arm_read(slot, generation, d);
-                        }
+                Starved::Dir(d) => match self.cfg.forward {
+                    // Splice: pump again as if the source were readable
+                    // (the direction has no operation in flight).
+                    ForwardMode::Splice => {
+                        let ready = Completion {
+                            token: Token::new(read_kind(d), slot, generation),
+                            result: libc::POLLIN as i32,
+                            buffer: None,
+                            more: false,
+                        };
+                        self.on_forward(slot, generation, d, read_kind(d), ready);
                     }
-                }
+                    // Copy: the receive found no buffer; ask again.
+                    ForwardMode::Copy => self.arm_read(slot, generation, d),
+                },
             }
         }
     }
