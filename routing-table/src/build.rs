@@ -44,22 +44,6 @@ pub(crate) trait EndpointSource {
     fn weight(&self) -> u32;
 }
 
-impl<R: RouteSource> RouteSource for &R {
-    type Endpoint = R::Endpoint;
-    fn sni(&self) -> &str {
-        (*self).sni()
-    }
-    fn endpoints(&self) -> &[R::Endpoint] {
-        (*self).endpoints()
-    }
-    fn connect_timeout_ms(&self) -> Option<u64> {
-        (*self).connect_timeout_ms()
-    }
-    fn lb_policy(&self) -> Option<LbPolicy> {
-        (*self).lb_policy()
-    }
-}
-
 impl RouteSource for RouteSpec {
     type Endpoint = EndpointSpec;
     fn sni(&self) -> &str {

@@ -8,32 +8,50 @@
 //! table of 100k routes. This reader knows the schema and handles its
 //! common subset: strings without escapes, unsigned integers without sign,
 //! fraction or exponent, each key at most once, no unknown key and no
-//! `null`. It borrows every string from the text and keeps all endpoints in
-//! one vector. Anything else (including every syntax or schema error) makes
+//! `null`. It borrows every string from the text, and for
+//! [`Table::parse`](crate::Table::parse) it validates each route into its
+//! final [`table::Route`] as soon as the route is read, while its bytes are
+//! still in cache: no intermediate vectors of routes or endpoints. Anything else (including every syntax or schema error) makes
 //! [`parse`] return `None`, and the caller decodes the text again with
 //! serde_json, which gives the value or the precise error. So for every
 //! input the result is serde_json's; tests compare the two.
 
-use std::ops::Range;
-
 use crate::balance::LbPolicy;
-use crate::build::{EndpointSource, RouteSource};
+use crate::build::{self, EndpointSource, RouteSource};
+use crate::error::SnapshotError;
 use crate::snapshot::{self, EndpointSpec, RouteSpec};
 use crate::swar::{bytes_equal, control_bytes, load, HIGH};
+use crate::table;
 
-/// The snapshot in `text`, borrowed, or `None` if `text` is not in the
-/// subset this reader handles (see the module docs).
-pub(crate) fn parse(text: &str) -> Option<Snapshot<'_>> {
-    let flat = Flat {
+/// The routes of `text`, validated as they are read: the version, the
+/// routes before the first invalid one, and that one's error if any; or
+/// `None` if `text` is not in the subset this reader handles (see the
+/// module docs; a syntax error anywhere wins over an invalid route, as
+/// with serde_json, which reads the whole text before anything is built).
+pub(crate) fn parse_routes(text: &str) -> Option<Validated> {
+    let building = Building {
         endpoints: Vec::new(),
-        route_start: 0,
+        index: 0,
+        error: None,
     };
-    let (version, routes, flat) = read(text, flat)?;
-    Some(Snapshot {
+    let (version, routes, building) = read(text, building)?;
+    // `Building::route` gives `None` from the first invalid route on.
+    let routes = routes.into_iter().map_while(|route| route).collect();
+    Some(Validated {
         version,
         routes,
-        endpoints: flat.endpoints,
+        error: building.error,
     })
+}
+
+/// What [`parse_routes`] read.
+pub(crate) struct Validated {
+    /// The snapshot's version.
+    pub(crate) version: Option<u64>,
+    /// The valid routes before the first invalid one, in order.
+    pub(crate) routes: Vec<table::Route>,
+    /// Why the first invalid route is invalid.
+    pub(crate) error: Option<SnapshotError>,
 }
 
 /// The snapshot in `text` as [`Snapshot::parse`](crate::Snapshot::parse)
@@ -55,8 +73,8 @@ fn read<'a, S: Sink<'a>>(text: &'a str, sink: S) -> Option<(Option<u64>, Vec<S::
     (reader.at == text.len()).then_some((version, routes, reader.sink))
 }
 
-/// What the reader makes of what it reads: the borrowed [`Snapshot`] (via
-/// [`Flat`]) or the owned one (via [`Owned`]).
+/// What the reader makes of what it reads: validated routes (via
+/// [`Building`]) or the owned snapshot (via [`Owned`]).
 trait Sink<'a> {
     /// A route, made.
     type Route;
@@ -72,18 +90,23 @@ trait Sink<'a> {
     ) -> Self::Route;
 }
 
-/// Makes the borrowed [`Snapshot`]: all endpoints in one vector.
-struct Flat<'a> {
+/// Validates each route as it is read (for [`parse_routes`]).
+struct Building<'a> {
+    /// The endpoints of the route being read.
     endpoints: Vec<Endpoint<'a>>,
-    /// The first endpoint of the route being read.
-    route_start: usize,
+    /// The index of the route being read.
+    index: usize,
+    /// The first invalid route's error; routes after it are only read.
+    error: Option<SnapshotError>,
 }
 
-impl<'a> Sink<'a> for Flat<'a> {
-    type Route = Route<'a>;
+impl<'a> Sink<'a> for Building<'a> {
+    type Route = Option<table::Route>;
 
     fn endpoint(&mut self, endpoint: Endpoint<'a>) {
-        self.endpoints.push(endpoint);
+        if self.error.is_none() {
+            self.endpoints.push(endpoint);
+        }
     }
 
     fn route(
@@ -91,15 +114,21 @@ impl<'a> Sink<'a> for Flat<'a> {
         sni: &'a str,
         connect_timeout_ms: Option<u64>,
         lb_policy: Option<LbPolicy>,
-    ) -> Route<'a> {
-        let endpoints = self.route_start..self.endpoints.len();
-        self.route_start = self.endpoints.len();
-        Route {
+    ) -> Option<table::Route> {
+        let index = self.index;
+        self.index += 1;
+        if self.error.is_some() {
+            return None;
+        }
+        let read = Read {
             sni,
-            endpoints,
+            endpoints: &self.endpoints,
             connect_timeout_ms,
             lb_policy,
-        }
+        };
+        let built = build::route(index, &read);
+        self.endpoints.clear();
+        built.map_err(|error| self.error = Some(error)).ok()
     }
 }
 
@@ -138,18 +167,10 @@ impl<'a> Sink<'a> for Owned {
     }
 }
 
-/// A snapshot as read, borrowing its strings from the text.
-pub(crate) struct Snapshot<'a> {
-    pub(crate) version: Option<u64>,
-    routes: Vec<Route<'a>>,
-    /// The endpoints of all routes, in order.
-    endpoints: Vec<Endpoint<'a>>,
-}
-
-/// A route as read; its endpoints are a range of [`Snapshot::endpoints`].
-struct Route<'a> {
+/// A route as read, with its endpoints, for validation.
+struct Read<'s, 'a> {
     sni: &'a str,
-    endpoints: Range<usize>,
+    endpoints: &'s [Endpoint<'a>],
     connect_timeout_ms: Option<u64>,
     lb_policy: Option<LbPolicy>,
 }
@@ -162,40 +183,19 @@ pub(crate) struct Endpoint<'a> {
     table: bool,
 }
 
-/// A route of a [`Snapshot`] with its endpoints, for validation.
-pub(crate) struct RouteView<'s, 'a> {
-    route: &'s Route<'a>,
-    endpoints: &'s [Endpoint<'a>],
-}
-
-impl<'a> Snapshot<'a> {
-    /// Number of routes.
-    pub(crate) fn len(&self) -> usize {
-        self.routes.len()
-    }
-
-    /// The routes, in order.
-    pub(crate) fn routes(&self) -> impl Iterator<Item = RouteView<'_, 'a>> {
-        self.routes.iter().map(|route| RouteView {
-            route,
-            endpoints: &self.endpoints[route.endpoints.clone()],
-        })
-    }
-}
-
-impl<'a> RouteSource for RouteView<'_, 'a> {
+impl<'a> RouteSource for Read<'_, 'a> {
     type Endpoint = Endpoint<'a>;
     fn sni(&self) -> &str {
-        self.route.sni
+        self.sni
     }
     fn endpoints(&self) -> &[Endpoint<'a>] {
         self.endpoints
     }
     fn connect_timeout_ms(&self) -> Option<u64> {
-        self.route.connect_timeout_ms
+        self.connect_timeout_ms
     }
     fn lb_policy(&self) -> Option<LbPolicy> {
-        self.route.lb_policy
+        self.lb_policy
     }
 }
 
@@ -443,43 +443,28 @@ mod tests {
     use crate::snapshot::Format;
 
     /// The fast reader must give serde_json's snapshot or give up; whether
-    /// it read `text`.
+    /// it read `text`. Where it reads, validating as it reads must give
+    /// what building serde_json's snapshot gives: the same routes, or the
+    /// same first error.
     fn agree(text: &str) -> bool {
         let serde = serde_json::from_str::<snapshot::Snapshot>(text);
-        let borrowed = parse(text);
+        let validated = parse_routes(text);
         match parse_owned(text) {
             Some(fast) => {
                 let serde = serde.unwrap_or_else(|e| panic!("fast read {text:?}, serde: {e}"));
                 assert_eq!(fast, serde, "{text}");
-                let borrowed = borrowed.expect("both sinks read the same texts");
-                assert_eq!(owned(&borrowed), serde, "{text}");
+                assert!(validated.is_some(), "both sinks read the same texts");
+                assert_eq!(
+                    table::Table::parse(text, Format::Json),
+                    table::Table::build(&serde),
+                    "{text}"
+                );
                 true
             }
             None => {
-                assert!(borrowed.is_none(), "{text}");
+                assert!(validated.is_none(), "{text}");
                 false
             }
-        }
-    }
-
-    /// The borrowed snapshot, owned: what serde would give.
-    fn owned(snapshot: &Snapshot<'_>) -> snapshot::Snapshot {
-        let mut sink = Owned {
-            endpoints: Vec::new(),
-        };
-        let routes = snapshot
-            .routes()
-            .map(|view| {
-                for e in view.endpoints {
-                    sink.endpoint(Endpoint { ..*e });
-                }
-                let r = view.route;
-                sink.route(r.sni, r.connect_timeout_ms, r.lb_policy)
-            })
-            .collect();
-        snapshot::Snapshot {
-            version: snapshot.version,
-            routes,
         }
     }
 

@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::balance::LbPolicy;
-use crate::build::{self, RouteSource};
+use crate::build;
 use crate::error::SnapshotError;
 use crate::index::{ArenaFull, NameIndex};
 use crate::json;
@@ -128,74 +128,75 @@ impl Table {
     /// duplicate endpoint, weight or connect timeout out of range), or
     /// [`SnapshotError::Duplicate`] naming both routes with the same pattern.
     pub fn build(snapshot: &Snapshot) -> Result<Table, SnapshotError> {
-        let key_bytes = snapshot.routes.iter().map(|r| r.sni.len()).sum();
-        Table::from_sources(
-            snapshot.version,
-            snapshot.routes.len(),
-            key_bytes,
-            snapshot.routes.iter(),
-        )
+        let mut routes = Vec::with_capacity(snapshot.routes.len());
+        let mut error = None;
+        for (i, spec) in snapshot.routes.iter().enumerate() {
+            match build::route(i, spec) {
+                Ok(route) => routes.push(route),
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            }
+        }
+        Table::index(snapshot.version, routes, error)
     }
 
     /// Parses `text` as `format` and builds a table from it.
     ///
     /// JSON as the agent writes it is read by a reader that knows the
-    /// schema and borrows every string from `text`, so no name or address is
-    /// copied before validation; anything else goes through
-    /// [`Snapshot::parse`].
+    /// schema, borrows every string from `text` and validates each route
+    /// as soon as it is read, so no name or address is copied before
+    /// validation; anything else goes through [`Snapshot::parse`].
     ///
     /// # Errors
     ///
     /// As [`Snapshot::parse`], then as [`Table::build`].
     pub fn parse(text: &str, format: Format) -> Result<Table, SnapshotError> {
         let fast = match format {
-            Format::Json => json::parse(text),
+            Format::Json => json::parse_routes(text),
             Format::Toml => None,
         };
         match fast {
-            Some(snapshot) => {
-                let key_bytes = snapshot.routes().map(|r| r.sni().len()).sum();
-                Table::from_sources(
-                    snapshot.version,
-                    snapshot.len(),
-                    key_bytes,
-                    snapshot.routes(),
-                )
-            }
+            Some(read) => Table::index(read.version, read.routes, read.error),
             None => Table::build(&Snapshot::parse(text, format)?),
         }
     }
 
-    /// Validates `count` routes and builds a table of them; `key_bytes`
-    /// estimates the bytes of their names, to size the index once.
-    fn from_sources<R: RouteSource>(
+    /// Indexes validated `routes`, the routes of a snapshot before its
+    /// first invalid route (whose error is `invalid`): the table, or the
+    /// first problem in file order: a duplicate pattern among `routes`,
+    /// else `invalid`.
+    fn index(
         version: Option<u64>,
-        count: usize,
-        key_bytes: usize,
-        specs: impl Iterator<Item = R>,
+        routes: Vec<Route>,
+        invalid: Option<SnapshotError>,
     ) -> Result<Table, SnapshotError> {
+        let count = routes.len();
         if u32::try_from(count).is_err() {
             return Err(SnapshotError::TooManyRoutes {
                 count,
                 max: u32::MAX as usize,
             });
         }
+        let key_bytes = routes.iter().map(|r| r.sni.len()).sum();
         let mut index = NameIndex::with_capacity(count, key_bytes);
-        let mut routes = Vec::with_capacity(count);
-        for (i, spec) in specs.enumerate() {
-            let route = build::route(i, &spec)?;
+        for (i, route) in routes.iter().enumerate() {
             // Checked above: `i < count <= u32::MAX`.
-            match index.insert(&route, i as u32) {
-                Ok(Ok(())) => routes.push(route),
+            match index.insert(route, i as u32) {
+                Ok(Ok(())) => {}
                 Ok(Err(first)) => {
                     return Err(SnapshotError::Duplicate {
                         first: first as usize,
                         second: i,
-                        sni: route.sni,
+                        sni: route.sni.clone(),
                     })
                 }
                 Err(ArenaFull) => return Err(SnapshotError::TooManyRoutes { count, max: i }),
             }
+        }
+        if let Some(invalid) = invalid {
+            return Err(invalid);
         }
         index.shrink_to_fit();
         Ok(Table {
