@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# meshgate as the mesh gateway of two Consul datacenters, for a person to
+# watch (the scenario of e2e/tests/two_dc.rs, issue 6).
+#
+# What it does:
+#   1. builds meshgate, meshgate-agent, consul-standin and mesh-sidecar
+#      (cargo build; set MESHGATE_TARGET_DIR to use binaries already built there);
+#   2. creates network namespaces dc1 and dc2 whose LANs use the SAME subnet
+#      (198.18.0.0/24), and a WAN segment between them (198.19.0.0/24);
+#   3. in each: the Consul HTTP API stand-in (knowing the other datacenter's
+#      gateways at their WAN addresses, as WAN federation does), and meshgate
+#      + meshgate-agent as the mesh gateway (registered as kind mesh-gateway);
+#      in dc1, socat (an echo server) behind its mutual-TLS sidecar stand-in;
+#   4. for modes local, remote and none: `meshgate path` says which mode
+#      applies and why, web's sidecar (in dc2) dials where that mode says,
+#      and every hop the connection took is printed from the gateways' access
+#      logs and socat's sidecar;
+#   5. checks a tcpdump capture of the WAN segment: TLS records only, the
+#      echoed plaintext never.
+# Everything is removed on exit (trap). Finishes by itself in well under a
+# minute once built. Needs root (network namespaces), iproute2, curl and
+# tcpdump (Debian: apt-get install iproute2 curl tcpdump).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+TD="11111111-2222-3333-4444-555555555555.consul"
+SNI="socat.default.dc1.internal.$TD"
+NS1="mgdemo-$$-dc1"
+NS2="mgdemo-$$-dc2"
+CONSUL="198.18.0.2:8500"
+DC1_GW_LAN="198.18.0.10:8443"; DC1_GW_WAN="198.19.0.1:8443"
+DC1_GW2_LAN="198.18.0.11:8443"; DC1_GW2_WAN="198.19.0.3:8443"
+DC2_GW_LAN="198.18.0.10:8443"; DC2_GW_WAN="198.19.0.2:8443"
+SOCAT="198.18.0.20:21000"; ECHO="198.18.0.30:9000"
+
+step() { printf '\n== %s\n' "$*"; }
+say() { printf '   %s\n' "$*"; }
+fail() { printf 'demo-two-dc: FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" -eq 0 ] || fail "must run as root: it creates network namespaces (try: sudo $0)"
+for tool in ip curl tcpdump timeout; do
+    command -v "$tool" >/dev/null || fail "$tool is not installed (Debian: apt-get install iproute2 curl tcpdump coreutils)"
+done
+
+PIDS=()
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/meshgate-demo-two-dc.XXXXXX")"
+cleanup() {
+    local status=$?
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    ip netns del "$NS1" 2>/dev/null || true
+    ip netns del "$NS2" 2>/dev/null || true
+    if [ "$status" -ne 0 ]; then
+        printf '\n-- logs kept in the failure output above; work dir %s removed --\n' "$WORK" >&2
+        tail -n 5 "$WORK"/*.log >&2 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Run a program inside a namespace, in the background, logging to WORK/NAME.log.
+bg() {
+    local ns=$1 name=$2; shift 2
+    ip netns exec "$ns" "$@" >>"$WORK/$name.log" 2>&1 &
+    PIDS+=("$!")
+}
+
+# Wait (up to 15 s) for PATTERN in FILE.
+wait_for() {
+    local file=$1 pattern=$2
+    for _ in $(seq 150); do
+        grep -q -- "$pattern" "$file" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    fail "timed out waiting for '$pattern' in $file"
+}
+
+# A stand-in admin operation (JSON) against the Consul of namespace NS.
+standin_op() { ip netns exec "$1" curl -sf -X PUT "http://$CONSUL/_standin/op" -d "$2" >/dev/null; }
+
+# ------------------------------------------------------------------ build
+step "building meshgate, meshgate-agent, consul-standin, mesh-sidecar"
+if [ -n "${MESHGATE_TARGET_DIR:-}" ]; then
+    BIN="$MESHGATE_TARGET_DIR"
+else
+    command -v cargo >/dev/null || fail "cargo is not on root's PATH: build first, then run with MESHGATE_TARGET_DIR=$ROOT/target/debug"
+    (cd "$ROOT" && cargo build -q -p meshgate -p meshgate-agent -p consul-standin -p meshgate-e2e --bins)
+    BIN="$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')/debug"
+fi
+for b in meshgate meshgate-agent consul-standin mesh-sidecar; do
+    [ -x "$BIN/$b" ] || fail "$BIN/$b is missing"
+done
+
+# ------------------------------------------------------------------ networks
+step "networks: dc1 and dc2 LANs both 198.18.0.0/24, WAN 198.19.0.0/24 between the gateways"
+for ns in "$NS1" "$NS2"; do
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link add lan type veth peer name lan-peer
+    ip -n "$ns" link set lan up
+    ip -n "$ns" link set lan-peer up
+done
+# The first address of a subnet is the source of outgoing connections: web's
+# in dc2, the first gateway's in dc1.
+for a in 10 2 11 20 30; do ip -n "$NS1" addr add "198.18.0.$a/24" dev lan; done
+for a in 40 2 10; do ip -n "$NS2" addr add "198.18.0.$a/24" dev lan; done
+ip -n "$NS1" link add wan type veth peer name wan netns "$NS2"
+ip -n "$NS1" addr add 198.19.0.1/24 dev wan
+ip -n "$NS1" addr add 198.19.0.3/24 dev wan
+ip -n "$NS2" addr add 198.19.0.2/24 dev wan
+ip -n "$NS1" link set wan up
+ip -n "$NS2" link set wan up
+say "dc1: consul 198.18.0.2, gateways 198.18.0.10/198.19.0.1 and 198.18.0.11/198.19.0.3, socat's sidecar $SOCAT"
+say "dc2: consul 198.18.0.2, gateway 198.18.0.10/198.19.0.2, web 198.18.0.40"
+
+# ------------------------------------------------------------------ PKI
+step "mesh CA and certificates (SPIFFE IDs)"
+"$BIN/mesh-sidecar" pki --dir "$WORK/pki" --trust-domain "$TD" \
+    --leaf socat,socat,dc1 --leaf web,web,dc2 | sed 's/^/   /'
+tls() { echo --ca "$WORK/pki/ca.pem" --cert "$WORK/pki/$1.pem" --key "$WORK/pki/$1-key.pem"; }
+
+# ------------------------------------------------------------------ Consul
+step "Consul stand-ins, one per datacenter, each knowing the other's gateways"
+bg "$NS1" consul-dc1 "$BIN/consul-standin" --listen "$CONSUL" --datacenter dc1 \
+    --extra-datacenter dc2 --trust-domain "$TD" --register-check-status passing
+bg "$NS2" consul-dc2 "$BIN/consul-standin" --listen "$CONSUL" --datacenter dc2 \
+    --extra-datacenter dc1 --trust-domain "$TD" --register-check-status passing
+wait_for "$WORK/consul-dc1.log" "listening"
+wait_for "$WORK/consul-dc2.log" "listening"
+standin_op "$NS1" '{"op":"add_remote_gateway","datacenter":"dc2","name":"mesh-gateway","id":"dc2-gw","wan":"'"$DC2_GW_WAN"'","lan":"'"$DC2_GW_LAN"'"}'
+standin_op "$NS2" '{"op":"add_remote_gateway","datacenter":"dc1","name":"mesh-gateway","id":"dc1-gw-a","wan":"'"$DC1_GW_WAN"'","lan":"'"$DC1_GW_LAN"'"}'
+standin_op "$NS2" '{"op":"add_remote_gateway","datacenter":"dc1","name":"mesh-gateway","id":"dc1-gw-b","wan":"'"$DC1_GW2_WAN"'","lan":"'"$DC1_GW2_LAN"'"}'
+say "dc1 knows dc2's gateway at $DC2_GW_WAN; dc2 knows dc1's at $DC1_GW_WAN and $DC1_GW2_WAN"
+
+# ------------------------------------------------------------------ socat
+step "socat in dc1: echo server behind its mutual-TLS sidecar, in dc1's catalog"
+bg "$NS1" echo "$BIN/mesh-sidecar" echo --listen "$ECHO"
+# shellcheck disable=SC2046
+bg "$NS1" socat-sidecar "$BIN/mesh-sidecar" server --listen "$SOCAT" --upstream "$ECHO" --name socat-1 $(tls socat)
+wait_for "$WORK/echo.log" "listening"
+wait_for "$WORK/socat-sidecar.log" "listening"
+standin_op "$NS1" '{"op":"register","name":"socat","id":"socat-1","address":"198.18.0.30","port":9000}'
+standin_op "$NS1" '{"op":"register","name":"socat-sidecar-proxy","id":"socat-1-sidecar-proxy","kind":"connect-proxy","destination":"socat","address":"198.18.0.20","port":21000}'
+
+# ------------------------------------------------------------------ gateways
+gateway() { # NS NAME SERVICE LAN WAN ADMIN AGENT_ADMIN
+    local ns=$1 name=$2 service=$3 lan=$4 wan=$5
+    local routes="$WORK/$name-routes.json"
+    echo '{"version": 0, "routes": []}' >"$routes"
+    RUST_LOG=info NO_COLOR=1 bg "$ns" "$name" "$BIN/meshgate" serve --listen "$lan" --listen "$wan" \
+        --routes "$routes" --admin "$6" --shards 1 --access-log "$WORK/$name-access.log"
+    wait_for "$WORK/$name.log" "listening address=$wan"
+    RUST_LOG=meshgate_agent=info NO_COLOR=1 bg "$ns" "$name-agent" "$BIN/meshgate-agent" \
+        --http-addr "http://$CONSUL" --routes "$routes" --admin "$7" \
+        --register --service "$service" --address "$lan" --wan-address "$wan"
+    wait_for "$WORK/$name-agent.log" "first table in place"
+    say "$name: meshgate on $lan (LAN) and $wan (WAN), registered as kind mesh-gateway \"$service\""
+}
+step "mesh gateways: meshgate + meshgate-agent --register (two in dc1, one in dc2)"
+gateway "$NS1" dc1-gw-a mesh-gateway "$DC1_GW_LAN" "$DC1_GW_WAN" 127.0.0.1:19000 127.0.0.1:19100
+gateway "$NS1" dc1-gw-b mesh-gateway-b "$DC1_GW2_LAN" "$DC1_GW2_WAN" 127.0.0.1:19001 127.0.0.1:19101
+gateway "$NS2" dc2-gw mesh-gateway "$DC2_GW_LAN" "$DC2_GW_WAN" 127.0.0.1:19000 127.0.0.1:19100
+wait_for "$WORK/dc1-gw-a-routes.json" "$SNI"
+wait_for "$WORK/dc2-gw-routes.json" "\*.dc1.internal.$TD"
+say "dc1's gateways route $SNI to $SOCAT"
+say "dc2's gateway routes *.dc1.internal.$TD to dc1's gateways' WAN addresses"
+
+# ------------------------------------------------------------------ traffic
+bg "$NS2" tcpdump tcpdump -i wan -n -s 0 -U --immediate-mode -w "$WORK/wan.pcap" tcp
+wait_for "$WORK/tcpdump.log" "listening on"
+
+# Prints the access-log lines of the gateways named (the first to log within
+# 5 s, and any other that has), as hops, and empties those logs.
+hops() {
+    local name log line
+    for _ in $(seq 50); do
+        for name in "$@"; do [ -s "$WORK/$name-access.log" ] && break 2; done
+        sleep 0.1
+    done
+    for name in "$@"; do
+        log="$WORK/$name-access.log"
+        [ -s "$log" ] || continue
+        while IFS= read -r line; do
+            say "hop: $name accepted from $(field client "$line"), SNI matched route $(field route "$line"), forwarded to $(field endpoint "$line")"
+        done <"$log"
+        : >"$log"
+    done
+}
+field() { sed -n 's/.*"'"$1"'":"\([^"]*\)".*/\1/p' <<<"$2"; }
+
+MARKER="plaintext-never-on-the-wan-$$"
+for mode in local remote none; do
+    step "mode $mode"
+    cfg="$WORK/config-$mode"; mkdir -p "$cfg"
+    echo '{"Kind": "proxy-defaults", "Name": "global", "MeshGateway": {"Mode": "local"}}' >"$cfg/proxy-defaults.json"
+    upstream_mode=""
+    if [ "$mode" != local ]; then
+        echo '{"Kind": "service-defaults", "Name": "web", "MeshGateway": {"Mode": "remote"}}' >"$cfg/web-defaults.json"
+    fi
+    [ "$mode" = none ] && upstream_mode=', "mesh_gateway": {"mode": "none"}'
+    echo '{"service": {"name": "web", "port": 8080, "connect": {"sidecar_service": {"proxy": {"upstreams": [{"destination_name": "socat", "datacenter": "dc1", "local_bind_port": 8181'"$upstream_mode"'}]}}}}}' >"$cfg/web.json"
+    "$BIN/meshgate" path --service web --upstream socat --datacenter dc2 --trust-domain "$TD" --config "$cfg" | sed 's/^/   /'
+    got="$("$BIN/meshgate" path --service web --upstream socat --datacenter dc2 --trust-domain "$TD" --config "$cfg" | sed -n 's/^mode: \([a-z]*\).*/\1/p')"
+    case "$got" in
+        local) to="$DC2_GW_LAN" ;;
+        remote) to="$DC1_GW_WAN" ;;
+        none) to="$SOCAT" ;;
+        *) fail "meshgate path printed mode '$got'" ;;
+    esac
+    : >"$WORK/socat-sidecar.log"
+    # shellcheck disable=SC2046
+    if ip netns exec "$NS2" "$BIN/mesh-sidecar" client --connect "$to" --sni "$SNI" \
+        --message "$MARKER $mode" --connect-timeout-ms 4000 $(tls web) | sed 's/^/   /'; then
+        if [ "$got" = local ]; then hops dc2-gw; fi
+        hops dc1-gw-a dc1-gw-b
+        sed -n 's/^mesh-sidecar accepted /   hop: socat'"'"'s sidecar accepted /p' "$WORK/socat-sidecar.log"
+        say "hop: socat's sidecar relayed the plaintext to the echo server at $ECHO (inside dc1 only)"
+    fi
+    if [ "$got" = none ]; then
+        say "as expected: 198.18.0.20 in dc2 is not socat (the LANs share a subnet and are apart)"
+    fi
+done
+
+step "what crossed the WAN segment (tcpdump in dc2 on interface wan)"
+kill -INT "${PIDS[-1]}"; wait "${PIDS[-1]}" 2>/dev/null || true
+tcpdump -r "$WORK/wan.pcap" -nn -c 6 2>/dev/null | sed 's/^/   /'
+"$BIN/mesh-sidecar" check-capture --pcap "$WORK/wan.pcap" --plaintext "$MARKER" | sed 's/^/   /' \
+    || fail "the capture holds something other than TLS records, or the plaintext"
+say "only TLS records (0x16/0x17 0x03 0x03 headers) crossed; \"$MARKER\" never did"
+
+step "done: cleaning up"
