@@ -41,6 +41,9 @@ pub enum Mode {
     /// meshgate-bench (used when one process would run out of descriptors).
     #[command(hide = true)]
     Backend(BackendArgs),
+    /// Turn the results of a side-by-side run (`scripts/bench.sh`) into
+    /// Markdown tables (stdout) and SVG charts.
+    Report(ReportArgs),
 }
 
 /// Flags every mode has.
@@ -260,4 +263,26 @@ pub struct BackendArgs {
     /// Bytes per write in download mode.
     #[arg(long, value_name = "BYTES", default_value_t = 128 * 1024)]
     pub chunk_bytes: usize,
+}
+
+/// Flags of `report`.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Results file: one JSON line per target and per run, as
+    /// `scripts/bench.sh` writes it.
+    #[arg(long, value_name = "FILE")]
+    pub results: PathBuf,
+    /// Directory the SVG charts are written to (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub charts: PathBuf,
+    /// How the Markdown links to that directory (relative to the file the
+    /// section goes into).
+    #[arg(long, value_name = "PATH", default_value = "bench/charts")]
+    pub charts_link: String,
+    /// Target the other rows are compared with.
+    #[arg(long, value_name = "NAME", default_value = "meshgate-splice")]
+    pub reference: String,
+    /// Target that stands for no proxy at all.
+    #[arg(long, value_name = "NAME", default_value = "no-proxy")]
+    pub baseline: String,
 }

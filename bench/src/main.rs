@@ -6,6 +6,9 @@
 //! mode (`bulk`, `cps`, `rr`, `idle`). The proxy's CPU, memory and threads
 //! are read from `/proc` around the measurement window. Progress goes to
 //! stderr, the result is one JSON object on stdout (see `report.rs`).
+//! `meshgate-bench report` turns the results of a side-by-side run
+//! (`scripts/bench.sh`) into BENCHMARKS.md's tables and SVG charts
+//! (`compare.rs`, `svg.rs`).
 //!
 //! Exit codes: 0 the run finished (status `ok` or `errors`: errors are
 //! counted, not fatal); 3 the hard deadline cut it (status `deadline`);
@@ -32,6 +35,7 @@ mod addr;
 mod backend;
 mod cli;
 mod client;
+mod compare;
 mod engine;
 mod hello;
 mod pacer;
@@ -42,6 +46,7 @@ mod progress;
 mod report;
 mod run;
 mod stats;
+mod svg;
 mod sys;
 
 use std::process::ExitCode;
@@ -73,6 +78,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("meshgate-bench backend: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Mode::Report(args) => {
+            return match compare::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshgate-bench report: {e:#}");
                     ExitCode::FAILURE
                 }
             };
@@ -180,7 +194,7 @@ fn plan(mode: Mode) -> Result<RunPlan, String> {
             };
             (a.common, w)
         }
-        Mode::Backend(_) => unreachable!("handled by the caller"),
+        Mode::Backend(_) | Mode::Report(_) => unreachable!("handled by the caller"),
     };
     common_plan(common, workload)
 }

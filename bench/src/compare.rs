@@ -1,0 +1,787 @@
+//! `meshgate-bench report`: turns the results of a side-by-side run
+//! (`scripts/bench.sh`, one JSON line per target and per run) into the
+//! Markdown tables of BENCHMARKS.md and SVG charts.
+//!
+//! Input lines are `{"kind":"target","name","desc","skipped"}` (one per
+//! target, in the order the tables list them) and
+//! `{"kind":"run","target","case","rep","exit","result"}` where `result`
+//! is the generator's JSON (see `report.rs`) or `null` when the run gave
+//! none. Every figure is the median of the runs of one (case, target) with
+//! their min and max; ratios are taken between medians. This module reads
+//! the results file and writes the charts; the section goes to stdout.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde_json::Value;
+
+use crate::cli::ReportArgs;
+use crate::svg::{self, Bar};
+
+/// A target as the run described it.
+#[derive(Debug, Clone)]
+struct Target {
+    name: String,
+    desc: String,
+    skipped: Option<String>,
+}
+
+/// All results, grouped.
+#[derive(Debug, Default)]
+struct Results {
+    targets: Vec<Target>,
+    /// (case, target) -> results of its runs, `None` where a run gave none.
+    runs: BTreeMap<(String, String), Vec<Option<Value>>>,
+}
+
+/// Median, min and max of one figure over the repetitions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Option<Stat> {
+        v.retain(|x| x.is_finite());
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// How a figure is read out of one result.
+type Metric = fn(&Value) -> Option<f64>;
+
+/// Which ratio columns follow a figure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Ratio {
+    /// None.
+    None,
+    /// This ÷ the baseline (no proxy), and the reference ÷ this.
+    Both,
+    /// Only the reference ÷ this.
+    Reference,
+}
+
+/// One figure of a table.
+struct Column {
+    title: &'static str,
+    metric: Metric,
+    digits: usize,
+    ratio: Ratio,
+    /// The baseline's median is subtracted (latency a proxy adds).
+    added: bool,
+}
+
+const fn col(title: &'static str, metric: Metric, digits: usize, ratio: Ratio) -> Column {
+    Column {
+        title,
+        metric,
+        digits,
+        ratio,
+        added: false,
+    }
+}
+
+/// A table: one case, the figures shown for it.
+struct Table {
+    case: &'static str,
+    title: &'static str,
+    note: &'static str,
+    columns: Vec<Column>,
+}
+
+/// A chart: one figure of one case.
+struct Chart {
+    file: &'static str,
+    case: &'static str,
+    title: &'static str,
+    metric: Metric,
+    lower_is_better: bool,
+}
+
+fn at(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_f64()
+}
+
+fn gbps(v: &Value) -> Option<f64> {
+    at(v, &["throughput", "gbit_per_sec"])
+}
+fn cpu_per_gib(v: &Value) -> Option<f64> {
+    at(v, &["proxy", "cpu_secs_per_gib"])
+}
+fn cps(v: &Value) -> Option<f64> {
+    at(v, &["throughput", "connections_per_sec"])
+}
+fn rps(v: &Value) -> Option<f64> {
+    at(v, &["throughput", "requests_per_sec"])
+}
+fn p50(v: &Value) -> Option<f64> {
+    at(v, &["latency_us", "p50"])
+}
+fn p99(v: &Value) -> Option<f64> {
+    at(v, &["latency_us", "p99"])
+}
+fn p999(v: &Value) -> Option<f64> {
+    at(v, &["latency_us", "p999"])
+}
+fn cpu_per_1k_conns(v: &Value) -> Option<f64> {
+    at(v, &["proxy", "cpu_ms_per_1k_conns"])
+}
+fn cpu_us_per_request(v: &Value) -> Option<f64> {
+    let reqs = at(v, &["requests"])?;
+    (reqs > 0.0).then(|| at(v, &["proxy", "cpu_secs"]).map(|s| s * 1e6 / reqs))?
+}
+fn proxy_cores(v: &Value) -> Option<f64> {
+    at(v, &["proxy", "cpu_cores"])
+}
+fn established(v: &Value) -> Option<f64> {
+    at(v, &["idle", "established"])
+}
+fn rss_per_conn(v: &Value) -> Option<f64> {
+    at(v, &["idle", "proxy", "rss_bytes_per_connection"])
+}
+fn rss_before_mib(v: &Value) -> Option<f64> {
+    at(v, &["idle", "proxy", "rss_bytes_before"]).map(|b| b / (1u64 << 20) as f64)
+}
+fn threads_before(v: &Value) -> Option<f64> {
+    at(v, &["idle", "proxy", "threads_before"])
+}
+fn threads_open(v: &Value) -> Option<f64> {
+    at(v, &["idle", "proxy", "threads_open"])
+}
+fn fds_per_conn(v: &Value) -> Option<f64> {
+    at(v, &["idle", "proxy", "fds_per_connection"])
+}
+
+fn tables() -> Vec<Table> {
+    let bulk = |case, title| Table {
+        case,
+        title,
+        note: "4 streams. Higher Gbit/s and lower CPU s/GiB are better. A proxy that \
+               closes both sides when the client half-closes (sniproxy) makes the \
+               backend count one reset per stream at tear-down (\"errors\").",
+        columns: vec![
+            col("Gbit/s", gbps, 2, Ratio::Both),
+            col("proxy CPU s/GiB", cpu_per_gib, 3, Ratio::Reference),
+        ],
+    };
+    vec![
+        bulk("bulk-download", "Bulk download (backend → client)"),
+        bulk("bulk-upload", "Bulk upload (client → backend)"),
+        Table {
+            case: "cps",
+            title: "Connections per second",
+            note: "32 workers: connect, hello, 64-byte request, 64-byte answer, close. \
+                   Latency is one whole exchange.",
+            columns: vec![
+                col("conn/s", cps, 0, Ratio::Both),
+                col("p50 µs", p50, 0, Ratio::None),
+                col("p99 µs", p99, 0, Ratio::None),
+                col(
+                    "proxy CPU ms / 1k conn",
+                    cpu_per_1k_conns,
+                    1,
+                    Ratio::Reference,
+                ),
+            ],
+        },
+        Table {
+            case: "rr",
+            title: "Request/response, closed loop",
+            note: "32 persistent connections, 64-byte ping-pong.",
+            columns: vec![
+                col("req/s", rps, 0, Ratio::Both),
+                col("p50 µs", p50, 0, Ratio::None),
+                col("p99 µs", p99, 0, Ratio::None),
+                col(
+                    "proxy CPU µs / req",
+                    cpu_us_per_request,
+                    2,
+                    Ratio::Reference,
+                ),
+            ],
+        },
+        Table {
+            case: "rr-rate",
+            title: "Request/response at a fixed rate",
+            note: "16 connections on a fixed schedule; latency from each request's \
+                   intended send time (no coordinated omission). \"Added\" is this \
+                   row's figure minus no proxy's median.",
+            columns: vec![
+                col("p50 µs", p50, 0, Ratio::None),
+                col("p99 µs", p99, 0, Ratio::None),
+                col("p99.9 µs", p999, 0, Ratio::None),
+                Column {
+                    added: true,
+                    ..col("added p99 µs", p99, 0, Ratio::Reference)
+                },
+                col("proxy CPU cores", proxy_cores, 3, Ratio::None),
+            ],
+        },
+        Table {
+            case: "idle",
+            title: "Idle connections",
+            note: "Connections held idle after their hello, on a proxy started afresh \
+                   for the run; memory is the proxy's resident set growth (all its \
+                   processes) divided by the connections held. Kernel socket memory \
+                   is not in it.",
+            columns: vec![
+                col("held", established, 0, Ratio::None),
+                col("RSS B / conn", rss_per_conn, 0, Ratio::Reference),
+                col("RSS before MiB", rss_before_mib, 1, Ratio::None),
+                col("threads before", threads_before, 0, Ratio::None),
+                col("threads open", threads_open, 0, Ratio::None),
+                col("fds / conn", fds_per_conn, 2, Ratio::None),
+            ],
+        },
+    ]
+}
+
+fn charts() -> Vec<Chart> {
+    let c = |file, case, title, metric, lower_is_better| Chart {
+        file,
+        case,
+        title,
+        metric,
+        lower_is_better,
+    };
+    vec![
+        c(
+            "bulk-download-gbps.svg",
+            "bulk-download",
+            "Bulk download, Gbit/s",
+            gbps,
+            false,
+        ),
+        c(
+            "bulk-download-cpu.svg",
+            "bulk-download",
+            "Bulk download, proxy CPU s per GiB",
+            cpu_per_gib,
+            true,
+        ),
+        c(
+            "bulk-upload-gbps.svg",
+            "bulk-upload",
+            "Bulk upload, Gbit/s",
+            gbps,
+            false,
+        ),
+        c(
+            "bulk-upload-cpu.svg",
+            "bulk-upload",
+            "Bulk upload, proxy CPU s per GiB",
+            cpu_per_gib,
+            true,
+        ),
+        c("cps.svg", "cps", "Connections per second", cps, false),
+        c(
+            "cps-cpu.svg",
+            "cps",
+            "Proxy CPU ms per 1,000 connections",
+            cpu_per_1k_conns,
+            true,
+        ),
+        c(
+            "rr-rps.svg",
+            "rr",
+            "Closed-loop requests per second",
+            rps,
+            false,
+        ),
+        c(
+            "rr-rate-p99.svg",
+            "rr-rate",
+            "Fixed-rate ping-pong, p99 µs",
+            p99,
+            true,
+        ),
+        c(
+            "idle-rss.svg",
+            "idle",
+            "Idle connections, proxy RSS bytes per connection",
+            rss_per_conn,
+            true,
+        ),
+        c(
+            "sweep-cpu.svg",
+            "sweep-download",
+            "Pipe size sweep, download, proxy CPU s per GiB",
+            cpu_per_gib,
+            true,
+        ),
+    ]
+}
+
+/// Runs the subcommand: reads `--results`, writes the charts under
+/// `--charts`, prints the Markdown section.
+///
+/// # Errors
+/// The results file cannot be read or holds a line that is not JSON; a
+/// chart cannot be written.
+pub fn run(args: &ReportArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.results)
+        .with_context(|| format!("--results {}", args.results.display()))?;
+    let results =
+        Results::parse(&text).with_context(|| format!("--results {}", args.results.display()))?;
+    std::fs::create_dir_all(&args.charts)
+        .with_context(|| format!("--charts {}", args.charts.display()))?;
+    let section = render(&results, args)?;
+    print!("{section}");
+    Ok(())
+}
+
+impl Results {
+    fn parse(text: &str) -> anyhow::Result<Results> {
+        let mut r = Results::default();
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let v: Value = serde_json::from_str(line).with_context(|| format!("line {}", i + 1))?;
+            let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            match v.get("kind").and_then(Value::as_str) {
+                Some("target") => {
+                    let name = s("name");
+                    if !r.targets.iter().any(|t| t.name == name) {
+                        r.targets.push(Target {
+                            name,
+                            desc: s("desc"),
+                            skipped: v.get("skipped").and_then(Value::as_str).map(str::to_string),
+                        });
+                    }
+                }
+                Some("run") => {
+                    let result = v.get("result").filter(|x| x.is_object()).cloned();
+                    r.runs
+                        .entry((s("case"), s("target")))
+                        .or_default()
+                        .push(result);
+                }
+                _ => anyhow::bail!("line {}: no \"kind\" of target or run", i + 1),
+            }
+        }
+        Ok(r)
+    }
+
+    fn stat(&self, case: &str, target: &str, metric: Metric) -> Option<Stat> {
+        let runs = self.runs.get(&(case.to_string(), target.to_string()))?;
+        Stat::of(runs.iter().flatten().filter_map(metric).collect())
+    }
+
+    /// "ok runs / runs", with the errors counted, for one (case, target).
+    fn health(&self, case: &str, target: &str) -> String {
+        let Some(runs) = self.runs.get(&(case.to_string(), target.to_string())) else {
+            return "–".into();
+        };
+        let ok = runs
+            .iter()
+            .flatten()
+            .filter(|r| r.get("status").and_then(Value::as_str) == Some("ok"))
+            .count();
+        let errors: f64 = runs
+            .iter()
+            .flatten()
+            .filter_map(|r| at(r, &["errors", "total"]))
+            .sum();
+        let mut s = format!("{ok}/{}", runs.len());
+        if errors > 0.0 {
+            let _ = write!(s, ", {errors} errors");
+        }
+        s
+    }
+
+    fn has_case(&self, case: &str) -> bool {
+        self.runs.keys().any(|(c, _)| c == case)
+    }
+
+    fn targets_of(&self, case: &str) -> Vec<&Target> {
+        self.targets
+            .iter()
+            .filter(|t| {
+                t.skipped.is_some() || self.runs.contains_key(&(case.to_string(), t.name.clone()))
+            })
+            .filter(|t| !t.name.starts_with("pipe-"))
+            .collect()
+    }
+}
+
+/// A figure with its spread: `12.3 [11.9–12.8]`.
+fn fmt_stat(s: Option<Stat>, digits: usize) -> String {
+    match s {
+        None => "–".into(),
+        Some(s) if s.min == s.max => fmt_num(s.median, digits),
+        Some(s) => format!(
+            "{} [{}–{}]",
+            fmt_num(s.median, digits),
+            fmt_num(s.min, digits),
+            fmt_num(s.max, digits)
+        ),
+    }
+}
+
+fn fmt_num(v: f64, digits: usize) -> String {
+    let s = format!("{v:.digits$}");
+    if digits > 0 || v.abs() < 1_000.0 {
+        return s;
+    }
+    // Thousands separators for large integers.
+    let (sign, body) = s.strip_prefix('-').map_or(("", s.as_str()), |b| ("-", b));
+    let mut out = String::new();
+    for (i, ch) in body.chars().enumerate() {
+        if i > 0 && (body.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    format!("{sign}{out}")
+}
+
+fn fmt_ratio(num: Option<f64>, den: Option<f64>) -> String {
+    match (num, den) {
+        // A ratio of a negative figure (an "added" latency below no proxy's,
+        // memory that shrank) means nothing.
+        (Some(n), Some(d)) if d > 0.0 && n > 0.0 && n.is_finite() && d.is_finite() => {
+            format!("{:.2}×", n / d)
+        }
+        _ => "–".into(),
+    }
+}
+
+fn render(r: &Results, args: &ReportArgs) -> anyhow::Result<String> {
+    let base = args.baseline.as_str();
+    let refr = args.reference.as_str();
+    let mut md = String::new();
+
+    md.push_str("### What ran\n\n| target | configuration |\n|---|---|\n");
+    for t in &r.targets {
+        let what = match &t.skipped {
+            Some(why) => format!("**skipped**: {why}"),
+            None => t.desc.clone(),
+        };
+        let _ = writeln!(md, "| {} | {} |", t.name, what.replace('|', "\\|"));
+    }
+    let _ = writeln!(
+        md,
+        "\nRatios: \"÷ {base}\" is this row's median over {base}'s; \"{refr} ÷\" is \
+         {refr}'s median over this row's (above 1: {refr} has more of it, so for \
+         Gbit/s and requests that is better, for CPU, memory and latency worse).\n"
+    );
+
+    for table in tables() {
+        if !r.has_case(table.case) {
+            continue;
+        }
+        let _ = writeln!(md, "### {}\n\n{}\n", table.title, table.note);
+        let mut head = String::from("| target |");
+        let mut rule = String::from("|---|");
+        for c in &table.columns {
+            let _ = write!(head, " {} |", c.title);
+            rule.push_str("---|");
+            if c.ratio == Ratio::Both {
+                let _ = write!(head, " ÷ {base} |");
+                rule.push_str("---|");
+            }
+            if c.ratio != Ratio::None {
+                let _ = write!(head, " {refr} ÷ |");
+                rule.push_str("---|");
+            }
+        }
+        let _ = writeln!(md, "{head} runs ok |\n{rule}---|");
+        for t in r.targets_of(table.case) {
+            if let Some(why) = &t.skipped {
+                let _ = writeln!(md, "| {} | skipped: {} |", t.name, why.replace('|', "\\|"));
+                continue;
+            }
+            let mut row = format!("| {} |", t.name);
+            for c in &table.columns {
+                let shift = |target: &str| {
+                    if c.added {
+                        r.stat(table.case, base, c.metric).map(|b| b.median)
+                    } else {
+                        Some(0.0)
+                    }
+                    .and_then(|b| {
+                        r.stat(table.case, target, c.metric).map(|s| Stat {
+                            median: s.median - b,
+                            min: s.min - b,
+                            max: s.max - b,
+                        })
+                    })
+                };
+                let this = if c.added && t.name == base {
+                    None
+                } else {
+                    shift(&t.name)
+                };
+                let _ = write!(row, " {} |", fmt_stat(this, c.digits));
+                let med = this.map(|s| s.median);
+                if c.ratio == Ratio::Both {
+                    let b = r.stat(table.case, base, c.metric).map(|s| s.median);
+                    let _ = write!(row, " {} |", fmt_ratio(med, b));
+                }
+                if c.ratio != Ratio::None {
+                    let refm = shift(refr).map(|s| s.median);
+                    let cell = if t.name == refr || t.name == base {
+                        "–".to_string()
+                    } else {
+                        fmt_ratio(refm, med)
+                    };
+                    let _ = write!(row, " {cell} |");
+                }
+            }
+            let _ = writeln!(md, "{row} {} |", r.health(table.case, &t.name));
+        }
+        md.push('\n');
+        for ch in charts().iter().filter(|ch| ch.case == table.case) {
+            md.push_str(&chart(r, ch, args, None)?);
+        }
+        md.push('\n');
+    }
+
+    engines(r, &mut md);
+    sweep(r, args, &mut md)?;
+    Ok(md)
+}
+
+/// Writes one chart and returns the Markdown image line for it.
+fn chart(r: &Results, ch: &Chart, args: &ReportArgs, only: Option<&str>) -> anyhow::Result<String> {
+    let mut bars = Vec::new();
+    for t in &r.targets {
+        if t.skipped.is_some() || only.is_some_and(|p| !t.name.starts_with(p)) {
+            continue;
+        }
+        if only.is_none() && t.name.starts_with("pipe-") {
+            continue;
+        }
+        if let Some(s) = r.stat(ch.case, &t.name, ch.metric) {
+            bars.push(Bar {
+                label: t.name.clone(),
+                median: s.median,
+                min: s.min,
+                max: s.max,
+                highlight: t.name == args.reference || t.name.starts_with("meshgate"),
+            });
+        }
+    }
+    if bars.is_empty() {
+        return Ok(String::new());
+    }
+    let note = if ch.lower_is_better {
+        "lower is better; whiskers: min–max"
+    } else {
+        "higher is better; whiskers: min–max"
+    };
+    let path: PathBuf = args.charts.join(ch.file);
+    std::fs::write(&path, svg::bar_chart(ch.title, note, &bars))
+        .with_context(|| format!("writing {}", path.display()))?;
+    let link = Path::new(&args.charts_link).join(ch.file);
+    Ok(format!("![{}]({})\n", ch.title, link.display()))
+}
+
+/// meshgate's engines against each other, one headline figure per case.
+fn engines(r: &Results, md: &mut String) {
+    let engines: Vec<&Target> = r
+        .targets
+        .iter()
+        .filter(|t| t.name.starts_with("meshgate-") && t.skipped.is_none())
+        .collect();
+    if engines.len() < 2 {
+        return;
+    }
+    let rows: [(&str, &str, Metric, bool, usize); 8] = [
+        ("bulk-download", "Gbit/s", gbps, false, 2),
+        ("bulk-download", "CPU s/GiB", cpu_per_gib, true, 3),
+        ("bulk-upload", "Gbit/s", gbps, false, 2),
+        ("bulk-upload", "CPU s/GiB", cpu_per_gib, true, 3),
+        ("cps", "CPU ms / 1k conn", cpu_per_1k_conns, true, 1),
+        ("rr", "CPU µs / req", cpu_us_per_request, true, 2),
+        ("rr-rate", "p99 µs", p99, true, 0),
+        ("idle", "RSS B / conn", rss_per_conn, true, 0),
+    ];
+    md.push_str("### meshgate's forwarding engines\n\nMedians; the best of each row in bold.\n\n| case | figure |");
+    for e in &engines {
+        let _ = write!(md, " {} |", e.name);
+    }
+    md.push_str("\n|---|---|");
+    md.push_str(&"---|".repeat(engines.len()));
+    md.push('\n');
+    for (case, figure, metric, lower, digits) in rows {
+        let meds: Vec<Option<f64>> = engines
+            .iter()
+            .map(|e| r.stat(case, &e.name, metric).map(|s| s.median))
+            .collect();
+        let best = meds
+            .iter()
+            .flatten()
+            .copied()
+            .reduce(|a, b| if (b < a) == lower { b } else { a });
+        let _ = write!(md, "| {case} | {figure} |");
+        for m in meds {
+            let cell = m.map_or("–".to_string(), |v| fmt_num(v, digits));
+            if m.is_some() && m == best {
+                let _ = write!(md, " **{cell}** |");
+            } else {
+                let _ = write!(md, " {cell} |");
+            }
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
+/// The pipe-size sweep of the splice engine.
+fn sweep(r: &Results, args: &ReportArgs, md: &mut String) -> anyhow::Result<()> {
+    if !r.has_case("sweep-download") && !r.has_case("sweep-upload") {
+        return Ok(());
+    }
+    md.push_str(
+        "### Pipe size (splice engine, `--pipe-size`)\n\nBulk, 4 streams, meshgate \
+         `--forward splice` with each pipe size.\n\n| pipe | download Gbit/s | download CPU s/GiB \
+         | upload Gbit/s | upload CPU s/GiB | runs ok |\n|---|---|---|---|---|---|\n",
+    );
+    for t in r.targets.iter().filter(|t| t.name.starts_with("pipe-")) {
+        let size = t
+            .name
+            .trim_start_matches("pipe-")
+            .parse::<u64>()
+            .unwrap_or(0);
+        let label = if size >= 1 << 20 {
+            format!("{} MiB", size >> 20)
+        } else {
+            format!("{} KiB", size >> 10)
+        };
+        if let Some(why) = &t.skipped {
+            let _ = writeln!(md, "| {label} | skipped: {why} |");
+            continue;
+        }
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} |",
+            fmt_stat(r.stat("sweep-download", &t.name, gbps), 2),
+            fmt_stat(r.stat("sweep-download", &t.name, cpu_per_gib), 3),
+            fmt_stat(r.stat("sweep-upload", &t.name, gbps), 2),
+            fmt_stat(r.stat("sweep-upload", &t.name, cpu_per_gib), 3),
+            r.health("sweep-download", &t.name),
+        );
+    }
+    md.push('\n');
+    for ch in charts().iter().filter(|ch| ch.case.starts_with("sweep")) {
+        md.push_str(&chart(r, ch, args, Some("pipe-"))?);
+    }
+    md.push('\n');
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(gbps: f64, cpu: f64) -> String {
+        format!(
+            r#"{{"status":"ok","errors":{{"total":0}},"requests":0,"throughput":{{"gbit_per_sec":{gbps}}},"proxy":{{"cpu_secs_per_gib":{cpu}}}}}"#
+        )
+    }
+
+    fn sample() -> String {
+        let mut s = String::new();
+        s.push_str(r#"{"kind":"target","name":"no-proxy","desc":"direct","skipped":null}"#);
+        s.push('\n');
+        s.push_str(r#"{"kind":"target","name":"meshgate-splice","desc":"m","skipped":null}"#);
+        s.push('\n');
+        s.push_str(r#"{"kind":"target","name":"envoy","desc":"","skipped":"not installed"}"#);
+        s.push('\n');
+        for (t, g, c) in [
+            ("no-proxy", 20.0, 0.0),
+            ("no-proxy", 22.0, 0.0),
+            ("no-proxy", 21.0, 0.0),
+            ("meshgate-splice", 10.0, 0.2),
+            ("meshgate-splice", 12.0, 0.1),
+            ("meshgate-splice", 11.0, 0.3),
+        ] {
+            let _ = writeln!(
+                s,
+                r#"{{"kind":"run","target":"{t}","case":"bulk-download","rep":1,"exit":0,"result":{}}}"#,
+                result(g, c)
+            );
+        }
+        s.push_str(r#"{"kind":"run","target":"meshgate-splice","case":"cps","rep":1,"exit":1,"result":null}"#);
+        s
+    }
+
+    #[test]
+    fn medians_and_spread_come_from_the_runs() {
+        assert_eq!(
+            Stat::of(vec![3.0, 1.0, 2.0]),
+            Some(Stat {
+                median: 2.0,
+                min: 1.0,
+                max: 3.0
+            })
+        );
+        assert_eq!(Stat::of(vec![4.0, 1.0]).map(|s| s.median), Some(2.5));
+        assert_eq!(Stat::of(vec![]), None);
+        let r = Results::parse(&sample()).expect("parses");
+        let s = r
+            .stat("bulk-download", "meshgate-splice", gbps)
+            .expect("has runs");
+        assert_eq!((s.median, s.min, s.max), (11.0, 10.0, 12.0));
+        assert_eq!(r.health("cps", "meshgate-splice"), "0/1");
+        assert_eq!(fmt_num(123456.0, 0), "123,456");
+        assert_eq!(fmt_ratio(Some(11.0), Some(22.0)), "0.50×");
+    }
+
+    #[test]
+    fn the_section_has_ratios_skips_and_charts() {
+        let dir =
+            std::env::temp_dir().join(format!("meshgate-bench-report-{}", std::process::id()));
+        let args = ReportArgs {
+            results: PathBuf::new(),
+            charts: dir.clone(),
+            charts_link: "bench/charts".into(),
+            reference: "meshgate-splice".into(),
+            baseline: "no-proxy".into(),
+        };
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let r = Results::parse(&sample()).expect("parses");
+        let md = render(&r, &args).expect("renders");
+        assert!(
+            md.contains("| meshgate-splice | 11.00 [10.00–12.00] | 0.52× | – |"),
+            "{md}"
+        );
+        assert!(md.contains("| envoy | skipped: not installed |"), "{md}");
+        assert!(
+            md.contains("![Bulk download, Gbit/s](bench/charts/bulk-download-gbps.svg)"),
+            "{md}"
+        );
+        let svg =
+            std::fs::read_to_string(dir.join("bulk-download-gbps.svg")).expect("chart written");
+        assert!(
+            svg.starts_with("<svg") && svg.contains("meshgate-splice"),
+            "{svg}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
