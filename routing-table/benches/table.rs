@@ -13,47 +13,16 @@ use routing_table::{Balancer, Format, RouteId, Snapshot, Table};
 
 mod support;
 
-/// Names looked up in turn, so lookups are not all served from one cache line.
-const POOL: usize = 4096;
-
 fn lookups(c: &mut Criterion) {
     let mut group = c.benchmark_group("lookup");
     group.throughput(Throughput::Elements(1));
     for n in support::sizes() {
         let table = Table::build(&support::snapshot(n)).expect("bench routes are valid");
-        let wildcards = table
-            .routes()
-            .iter()
-            .filter(|r| r.sni.starts_with("*."))
-            .count();
-        let service_routes = n - wildcards;
-        let step = (service_routes / POOL).max(1);
-        let cases: [(&str, Vec<String>); 3] = [
-            (
-                "exact_hit",
-                (0..POOL)
-                    .map(|k| support::service_name(k * step % service_routes))
-                    .collect(),
-            ),
-            (
-                "wildcard_hit",
-                (0..POOL).map(support::wildcard_hit).collect(),
-            ),
-            ("miss", (0..POOL).map(support::miss).collect()),
-        ];
-        for (case, names) in &cases {
-            assert!(names.iter().all(|name| {
-                let m = table.lookup(name.as_bytes());
-                match *case {
-                    "exact_hit" => m.is_some_and(|m| !m.route.sni.starts_with('*')),
-                    "wildcard_hit" => m.is_some_and(|m| m.route.sni.starts_with('*')),
-                    _ => m.is_none(),
-                }
-            }));
+        for (case, names) in &support::lookup_cases(&table) {
             let mut k = 0;
             group.bench_with_input(BenchmarkId::new(*case, n), names, |b, names| {
                 b.iter(|| {
-                    k = (k + 1) % POOL;
+                    k = (k + 1) % support::POOL;
                     black_box(table.lookup(black_box(names[k].as_bytes())).map(|m| m.id))
                 })
             });

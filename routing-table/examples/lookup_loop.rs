@@ -23,9 +23,6 @@ use routing_table::Table;
 #[path = "../benches/support/mod.rs"]
 mod support;
 
-/// Names looked up in turn, as in the bench.
-const POOL: usize = 4096;
-
 fn main() {
     let mut args = std::env::args().skip(1);
     let usage = "usage: lookup_loop ROUTES exact|wildcard|miss LOOKUPS";
@@ -34,26 +31,18 @@ fn main() {
     let lookups: usize = args.next().and_then(|a| a.parse().ok()).expect(usage);
 
     let table = Table::build(&support::snapshot(n)).expect("bench routes are valid");
-    let wildcards = table
-        .routes()
+    let cases = support::lookup_cases(&table);
+    let Some((_, names)) = cases
         .iter()
-        .filter(|r| r.sni.starts_with("*."))
-        .count();
-    let service_routes = n - wildcards;
-    let step = (service_routes / POOL).max(1);
-    let names: Vec<String> = match kind.as_str() {
-        "exact" => (0..POOL)
-            .map(|k| support::service_name(k * step % service_routes))
-            .collect(),
-        "wildcard" => (0..POOL).map(support::wildcard_hit).collect(),
-        "miss" => (0..POOL).map(support::miss).collect(),
-        _ => panic!("{usage}"),
+        .find(|(case, _)| case.starts_with(kind.as_str()))
+    else {
+        panic!("{usage}");
     };
 
     let start = Instant::now();
     let mut hits = 0usize;
     for k in 0..lookups {
-        let name = black_box(names[k % POOL].as_bytes());
+        let name = black_box(names[k % support::POOL].as_bytes());
         hits += usize::from(black_box(table.lookup(name).map(|m| m.id)).is_some());
     }
     let elapsed = start.elapsed();

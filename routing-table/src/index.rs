@@ -96,6 +96,18 @@ impl NameIndex {
         self.arena.shrink_to_fit();
     }
 
+    /// The two large allocations a lookup reads at random: the slots and
+    /// the arena, as (start, length in bytes).
+    pub(crate) fn regions(&self) -> [(*const u8, usize); 2] {
+        [
+            (
+                self.slots.as_ptr().cast(),
+                std::mem::size_of_val(&*self.slots),
+            ),
+            (self.arena.as_ptr(), self.arena.len()),
+        ]
+    }
+
     /// Indexes `route` as route `id`; its key must be a valid normalized name.
     ///
     /// # Errors

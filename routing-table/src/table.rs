@@ -206,6 +206,16 @@ impl Table {
         })
     }
 
+    /// The memory a lookup reads at random, as (start, length in bytes):
+    /// the index's slots and its key arena. In a large table each lookup
+    /// lands on pages no other lookup touched recently, so with 4 KiB pages
+    /// it misses the TLB twice; a caller that owns the process's memory
+    /// policy (the data plane) can ask the kernel to back these ranges with
+    /// huge pages. The pointers are valid as long as the table is.
+    pub fn lookup_memory(&self) -> [(*const u8, usize); 2] {
+        self.index.regions()
+    }
+
     /// The snapshot's version, if it had one.
     pub fn version(&self) -> Option<u64> {
         self.version

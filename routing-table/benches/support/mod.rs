@@ -110,3 +110,42 @@ pub fn sizes() -> Vec<usize> {
     }
     sizes
 }
+
+/// Names looked up in turn by the lookup benches, so lookups are not all
+/// served from one cache line.
+pub const POOL: usize = 4096;
+
+/// The lookup cases on `table` (built from [`snapshot`]): exact hits,
+/// wildcard hits and misses, [`POOL`] names each, spread over the table.
+/// Panics if a name does not match as its case says.
+pub fn lookup_cases(table: &routing_table::Table) -> [(&'static str, Vec<String>); 3] {
+    let wildcards = table
+        .routes()
+        .iter()
+        .filter(|r| r.sni.starts_with("*."))
+        .count();
+    let service_routes = table.len() - wildcards;
+    let step = (service_routes / POOL).max(1);
+    let cases = [
+        (
+            "exact_hit",
+            (0..POOL)
+                .map(|k| service_name(k * step % service_routes))
+                .collect::<Vec<_>>(),
+        ),
+        ("wildcard_hit", (0..POOL).map(wildcard_hit).collect()),
+        ("miss", (0..POOL).map(miss).collect()),
+    ];
+    for (case, names) in &cases {
+        for name in names {
+            let m = table.lookup(name.as_bytes());
+            let ok = match *case {
+                "exact_hit" => m.is_some_and(|m| !m.route.sni.starts_with('*')),
+                "wildcard_hit" => m.is_some_and(|m| m.route.sni.starts_with('*')),
+                _ => m.is_none(),
+            };
+            assert!(ok, "{case}: {name}");
+        }
+    }
+    cases
+}
