@@ -429,3 +429,240 @@ fn a_lagging_server_is_bypassed_for_the_leader() {
         }
     });
 }
+
+/// Consul answering garbage "for an hour", compressed: every request gets
+/// garbage (a 200 with an HTML body and no index, then well-formed headers
+/// with a body that is not JSON) for [`GARBAGE_ROUNDS`] requests, after
+/// which Consul is healthy again by itself. Meanwhile the routes file stays
+/// byte for byte what it was, traffic flows on it, the agent says so a few
+/// times rather than once per request, and afterwards it picks up the change
+/// Consul made during the garbage.
+#[test]
+fn garbage_for_many_rounds_keeps_the_last_table() {
+    const GARBAGE_ROUNDS: u32 = 150;
+    run_bounded("garbage-rounds", Duration::from_secs(120), || {
+        let w = World::start_with(
+            "garbage-rounds",
+            consul_standin::Config::default(),
+            &[],
+            &[("RUST_LOG", "meshgate_agent=debug")],
+        );
+        let web = sni("web", "dc1");
+        let (b1, b2) = (w.backend("web-1", &web), w.backend("web-2", &web));
+        w.admin
+            .register(InstanceSpec::service("web", "127.0.0.1:1").with_id("web-app"))
+            .unwrap();
+        w.admin
+            .register(InstanceSpec::sidecar(
+                "web",
+                "web-1",
+                &b1.addr().to_string(),
+            ))
+            .unwrap();
+        let before = w.await_table("web routed", |s| endpoints(s, &web).is_some());
+        let bytes_before = std::fs::read(&w.routes).unwrap();
+        let mut long_lived = w.dial(&web).expect("routed before the garbage");
+
+        for kind in [
+            FaultKind::Status {
+                code: 200,
+                body: "<html><body>502 Bad Gateway</body></html>".into(),
+            },
+            FaultKind::MalformedJson,
+        ] {
+            w.admin
+                .inject_fault(FaultSpec::on("/v1/", kind).times(GARBAGE_ROUNDS))
+                .unwrap();
+        }
+        // Consul changes only once the web watch has run into the garbage (a
+        // blocking query already in flight when the faults went in would
+        // legitimately answer with the change).
+        w.agent.expect_line("the web watch failing", |l| {
+            l.contains("health:default/web")
+                && (l.contains("Consul request failing") || l.contains("still failing"))
+        });
+        w.admin
+            .register(InstanceSpec::sidecar(
+                "web",
+                "web-2",
+                &b2.addr().to_string(),
+            ))
+            .unwrap();
+        // While any garbage is left: the file does not move, traffic flows.
+        let mut checks = 0;
+        loop {
+            let left: u64 = w
+                .admin
+                .faults()
+                .unwrap()
+                .iter()
+                .map(|f| u64::from(f.remaining.unwrap_or(0)))
+                .sum();
+            assert_eq!(
+                std::fs::read(&w.routes).unwrap(),
+                bytes_before,
+                "the routes file changed while Consul answered garbage ({left} left)"
+            );
+            if left == 0 {
+                break;
+            }
+            assert_eq!(w.dial(&web).expect("a new connection").backend, "web-1");
+            checks += 1;
+            w.agent
+                .next_line("a failed attempt", |l| l.contains("still failing"));
+        }
+        assert_eq!(long_lived.echo("during").unwrap(), "during");
+        assert!(
+            w.agent.child.exit_status(Duration::ZERO).is_none(),
+            "the agent died"
+        );
+        let after = w.await_table("the change made during the garbage", |s| {
+            endpoints(s, &web).is_some_and(|e| e.len() == 2)
+        });
+        assert!(after.version > before.version);
+        assert_eq!(long_lived.echo("after").unwrap(), "after");
+        let lines = w.agent.child.lines();
+        let warnings = lines
+            .iter()
+            .filter(|l| l.contains("WARN") && l.contains("Consul request failing"))
+            .count();
+        let retries = lines.iter().filter(|l| l.contains("still failing")).count();
+        eprintln!(
+            "{} garbage answers: {retries} failed attempts logged at debug, {warnings} warnings, {checks} checks",
+            2 * GARBAGE_ROUNDS
+        );
+        assert!(
+            (1..=8).contains(&warnings),
+            "{warnings} warnings for {} garbage answers: one per problem, not per retry\n{}",
+            2 * GARBAGE_ROUNDS,
+            w.agent.child.log()
+        );
+        assert!(
+            metric(w.agent.admin_addr(), "meshgate_agent_errors_total") >= 1,
+            "errors are counted"
+        );
+    });
+}
+
+/// The agent is SIGKILLed again and again while it rewrites a large
+/// snapshot (one route with [`ENDPOINTS`] endpoints whose health keeps
+/// flipping): every other kill the moment a temporary file appears (mid-
+/// write), the others at varying moments. Each time the routes file on disk
+/// parses whole, its version never goes down, the gateway never sees a
+/// partial file (no `routes refused`), and a new agent takes over from it.
+#[test]
+fn sigkill_mid_write_leaves_a_whole_file() {
+    const ENDPOINTS: usize = 500;
+    const KILLS: usize = 16;
+    run_bounded("sigkill-mid-write", Duration::from_secs(150), || {
+        let mut w = World::start("sigkill-mid-write");
+        let web = sni("web", "dc1");
+        let b = w.backend("web-1", &web);
+        w.admin
+            .register(InstanceSpec::service("web", "127.0.0.1:1").with_id("web-app"))
+            .unwrap();
+        w.admin
+            .register(InstanceSpec::sidecar("web", "web-1", &b.addr().to_string()))
+            .unwrap();
+        let t0 = Instant::now();
+        for i in 0..ENDPOINTS {
+            let addr = format!("10.{}.{}.{}:21000", i >> 16, (i >> 8) & 255, i & 255);
+            w.admin
+                .register(InstanceSpec::sidecar("web", &format!("web-x{i}"), &addr))
+                .unwrap();
+        }
+        eprintln!("{ENDPOINTS} instances registered in {:?}", t0.elapsed());
+        let first = w.await_table("the large table", |s| {
+            endpoints(s, &web).is_some_and(|e| e.len() > ENDPOINTS)
+        });
+        let size = std::fs::metadata(&w.routes).unwrap().len();
+        // Flip one instance's health as fast as Consul takes it: every flip is
+        // a new table for the agent to write.
+        let stop = Arc::new(AtomicBool::new(false));
+        let flipper = {
+            let (admin, stop) = (w.admin.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    let status = if n % 2 == 0 {
+                        consul_standin::CheckStatus::Critical
+                    } else {
+                        consul_standin::CheckStatus::Passing
+                    };
+                    let _ = admin.set_health("web-x0", status);
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                n
+            })
+        };
+        let tmp = w.routes.with_file_name("routes.json.tmp");
+        let mut version = first.version.unwrap_or(0);
+        let mut mid_write = 0;
+        for kill in 0..KILLS {
+            w.agent
+                .next_line("a write", |l| l.contains("routes written"));
+            if kill % 2 == 0 {
+                // Kill it the moment a temporary file appears: mid-write.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while !tmp.exists() && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+            } else {
+                // At a varying moment.
+                std::thread::sleep(Duration::from_millis(3 + (kill as u64 * 7) % 40));
+            }
+            w.agent.signal(libc::SIGKILL);
+            let _ = w.agent.child.wait_exit(Duration::from_secs(10));
+            if tmp.exists() {
+                mid_write += 1;
+            }
+            let text = std::fs::read_to_string(&w.routes).unwrap();
+            let on_disk = routing_table::Snapshot::parse(&text, routing_table::Format::Json)
+                .unwrap_or_else(|e| {
+                    panic!(
+                        "kill {kill}: the routes file does not parse ({} bytes): {e}",
+                        text.len()
+                    )
+                });
+            let v = on_disk.version.unwrap_or(0);
+            assert!(
+                v >= version,
+                "kill {kill}: version went from {version} to {v}"
+            );
+            assert!(
+                endpoints(&on_disk, &web).is_some_and(|e| e.len() >= ENDPOINTS),
+                "kill {kill}: the table on disk lost its endpoints"
+            );
+            version = v;
+            w.agent = start_agent(&w.consul.url(), &w.routes, &[], &[]);
+            w.agent
+                .expect_line("first table", |l| l.contains("first table in place"));
+        }
+        stop.store(true, Ordering::SeqCst);
+        let flips = flipper.join().unwrap();
+        eprintln!(
+            "{KILLS} SIGKILLs during {flips} health flips, {mid_write} while a temporary file \
+             existed; snapshot {size} bytes, final version {version}"
+        );
+        assert!(
+            version > first.version.unwrap_or(0),
+            "the agent kept writing"
+        );
+        assert!(
+            mid_write >= 1,
+            "no kill landed while a temporary file existed: the test did not hit a write"
+        );
+        let log = w.gateway.child.log();
+        assert!(
+            !log.contains("routes refused"),
+            "the gateway saw a partial or bad file:\n{log}"
+        );
+        // The gateway serves the last version written.
+        w.gateway.wait_loaded(version);
+        assert!(
+            w.gateway.child.exit_status(Duration::ZERO).is_none(),
+            "the gateway exited"
+        );
+    });
+}

@@ -39,15 +39,25 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 
 /// Serves admin requests forever on the calling thread.
 pub fn run(listener: TcpListener, state: AdminState) {
+    // Failures in a row: only the first of a run is logged at warn (out of
+    // descriptors, accept fails every 50 ms until some free up).
+    let mut failing = 0u64;
     for stream in listener.incoming() {
         match stream {
             Ok(stream) => {
+                if failing > 0 {
+                    debug!(failures = failing, "admin accept works again");
+                    failing = 0;
+                }
                 if let Err(e) = handle(stream, &state) {
                     debug!(error = %e, "admin request failed");
                 }
             }
             Err(e) => {
-                warn!(error = %e, "admin accept failed");
+                if failing == 0 {
+                    warn!(error = %e, "admin accept failed; retrying every 50 ms");
+                }
+                failing += 1;
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
@@ -112,7 +122,7 @@ type Getter = fn(&ShardStats) -> u64;
 pub fn metrics(state: &AdminState) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
-    let counters: [(&str, &str, Getter); 15] = [
+    let counters: [(&str, &str, Getter); 17] = [
         (
             "meshgate_connections_accepted_total",
             "Client connections accepted.",
@@ -120,13 +130,23 @@ pub fn metrics(state: &AdminState) -> String {
         ),
         (
             "meshgate_connections_shed_total",
-            "Client connections closed at accept because the shard was full.",
+            "Client connections closed at accept because the shard was full or out of descriptors.",
             |s| s.shed.get(),
         ),
         (
             "meshgate_accept_errors_total",
             "Accept failures (descriptor or memory exhaustion).",
             |s| s.accept_errors.get(),
+        ),
+        (
+            "meshgate_upstream_socket_errors_total",
+            "Connections closed because no upstream socket could be created (out of descriptors).",
+            |s| s.upstream_socket_errors.get(),
+        ),
+        (
+            "meshgate_pipe_errors_total",
+            "Pipes that could not be created (out of descriptors); forwarding waited and retried.",
+            |s| s.pipe_errors.get(),
         ),
         (
             "meshgate_connections_forwarded_total",

@@ -106,7 +106,10 @@ pub struct ServeArgs {
     pub shards: Option<usize>,
 
     /// How bytes move once connected: `splice` (zero-copy through pooled
-    /// pipes) or `copy` (ring recv/send through provided buffers).
+    /// pipes, non-blocking splice(2) after ring readiness), `ring-splice`
+    /// (the same pipes, splice submitted through the ring behind a linked
+    /// poll; io_uring only, runs as `splice` on epoll) or `copy` (ring
+    /// recv/send through provided buffers).
     #[arg(long, value_enum, default_value = "splice")]
     pub forward: ForwardMode,
 

@@ -46,6 +46,9 @@ pub enum OpKind {
     Cancel,
     /// Re-arming an accept after a resource shortage.
     AcceptRetry,
+    /// The readiness poll a ring splice is linked behind; its completion
+    /// carries nothing the shard needs (the splice's own follows).
+    ChainPoll,
 }
 
 impl OpKind {
@@ -64,6 +67,7 @@ impl OpKind {
             WriteClient,
             Cancel,
             AcceptRetry,
+            ChainPoll,
         ]
         .into_iter()
         .find(|k| *k as u8 == v)
@@ -166,6 +170,24 @@ pub trait Driver {
         fd: RawFd,
         addr: &RawSockAddr,
         timeout: Duration,
+    );
+    /// Splices up to `len` bytes from `fd_in` to `fd_out` (one of them a
+    /// pipe) through the engine, without blocking, once `poll_fd` is ready
+    /// for `interest`: a poll linked to the splice, so the splice never
+    /// waits on an empty or full socket. Produces one completion for
+    /// `poll_token` (the poll's mask or error) and one for `token` (bytes
+    /// moved, `-EAGAIN`, an error, or `-ECANCELED` when the poll failed).
+    /// Every descriptor named must stay open until `token`'s completion.
+    #[allow(clippy::too_many_arguments)]
+    fn splice_when_ready(
+        &mut self,
+        poll_token: Token,
+        token: Token,
+        poll_fd: RawFd,
+        interest: Interest,
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
     );
     /// Cancels every operation on `fd`. Produces one completion for `token`.
     fn cancel_fd(&mut self, token: Token, fd: RawFd);

@@ -10,7 +10,7 @@
 //!
 //! `unsafe` here only borrows raw descriptors that the shard keeps open until
 //! the final completion of every request naming them (the [`Driver`]
-//! contract).
+//! contract), and reads the descriptor limit into a local.
 #![allow(unsafe_code)]
 
 use std::cmp::Reverse;
@@ -106,7 +106,10 @@ impl Epoll {
     pub fn new(cfg: &crate::uring::UringConfig) -> io::Result<Epoll> {
         Ok(Epoll {
             epoll: sys::epoll_create()?,
-            fds: Vec::new(),
+            // Reserved (address space only) up to the descriptor limit, so
+            // the table never doubles and copies itself as descriptors grow;
+            // pages are touched only as descriptor numbers are first used.
+            fds: Vec::with_capacity(nofile_limit().min(MAX_RESERVED_FDS)),
             ready: Vec::new(),
             connect_deadlines: BinaryHeap::new(),
             peek: Pool::new(cfg.peek_buffers, crate::hello::MAX_HELLO_BYTES),
@@ -373,6 +376,22 @@ impl Epoll {
     }
 }
 
+/// Most descriptor slots reserved up front (more still work, by growing).
+const MAX_RESERVED_FDS: usize = 1 << 20;
+
+/// The soft `RLIMIT_NOFILE`, or 1024 if it cannot be read.
+fn nofile_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a live rlimit the call writes into.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return 1024;
+    }
+    usize::try_from(lim.rlim_cur).unwrap_or(MAX_RESERVED_FDS)
+}
+
 fn state_of(fds: &mut Vec<FdState>, fd: RawFd) -> &mut FdState {
     let index = fd as usize;
     if fds.len() <= index {
@@ -455,6 +474,22 @@ impl Driver for Epoll {
                 self.complete(timeout_token, -libc::ECANCELED, None, false);
             }
         }
+    }
+
+    /// Not offered by this engine: `serve` runs ring-splice as `splice` on
+    /// epoll. Refused with `EOPNOTSUPP` on both tokens if asked anyway.
+    fn splice_when_ready(
+        &mut self,
+        poll_token: Token,
+        token: Token,
+        _poll_fd: RawFd,
+        _interest: Interest,
+        _fd_in: RawFd,
+        _fd_out: RawFd,
+        _len: u32,
+    ) {
+        self.complete(poll_token, -libc::EOPNOTSUPP, None, false);
+        self.complete(token, -libc::EOPNOTSUPP, None, false);
     }
 
     fn cancel_fd(&mut self, token: Token, fd: RawFd) {

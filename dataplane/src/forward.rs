@@ -1,20 +1,29 @@
-//! One direction of a forwarded connection, for both forwarding engines.
+//! One direction of a forwarded connection, for every forwarding engine.
 //!
 //! - **splice**: wait for the source to be readable (a ring poll), then call
 //!   `splice(2)` non-blocking from the shard: source socket into a pooled
 //!   pipe, pipe into the destination socket. The bytes never enter user
 //!   space, and no io-wq thread is involved (an io_uring splice op would
 //!   always run on one). A direction holds a pipe only while bytes sit in it.
+//! - **ring-splice** (io_uring engine only): the same pipes, but each
+//!   `splice` is submitted through the ring, linked (`IOSQE_IO_LINK`) behind
+//!   a `POLL_ADD` on the socket it reads or writes, with `SPLICE_F_NONBLOCK`.
+//!   The kernel always runs a ring splice on an io-wq worker thread; the
+//!   linked poll means none is ever queued on an empty socket (unlinked, an
+//!   idle connection would park one worker per direction). An idle direction
+//!   waits with a plain poll and holds no pipe: a pipe is taken when the
+//!   source turns readable and given back once drained.
 //! - **copy**: a ring `recv` that takes a provided buffer when data arrives,
 //!   then a ring `send` of that buffer; the buffer goes back to the ring once
 //!   fully sent. An idle direction holds no buffer.
 //!
-//! Either way a direction has at most one operation in flight, so a slow
-//! destination stops reads from its source: memory per connection is bounded
-//! by one pipe or one buffer per direction.
+//! Every way, a direction has at most one operation in flight (ring-splice:
+//! one linked poll-and-splice chain), so a slow destination stops reads from
+//! its source: memory per connection is bounded by one pipe or one buffer per
+//! direction.
 
 use std::io;
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use crate::driver::{Completion, Driver, Group, Token};
 use crate::pipes::{Pipe, PipePool};
@@ -27,6 +36,9 @@ pub enum ForwardMode {
     Splice,
     /// Ring-native recv/send through provided buffers.
     Copy,
+    /// Splice submitted through the ring, each linked behind a readiness
+    /// poll (io_uring engine only).
+    RingSplice,
 }
 
 impl ForwardMode {
@@ -35,7 +47,13 @@ impl ForwardMode {
         match self {
             ForwardMode::Splice => "splice",
             ForwardMode::Copy => "copy",
+            ForwardMode::RingSplice => "ring-splice",
         }
+    }
+
+    /// True for the modes that move bytes through pipes.
+    pub fn uses_pipes(self) -> bool {
+        matches!(self, ForwardMode::Splice | ForwardMode::RingSplice)
     }
 }
 
@@ -44,12 +62,19 @@ impl ForwardMode {
 pub enum Step {
     /// Wait until the source has bytes.
     Read,
-    /// Wait until the destination has room (copy: send the held buffer).
+    /// Wait until the destination has room (copy: send the held buffer;
+    /// ring-splice: splice the pipe's bytes out once it has room).
     Write,
+    /// Ring-splice: the source is readable and a pipe is held; splice into
+    /// it once the (linked) poll confirms readiness.
+    Fill,
     /// The source sent FIN and everything before it was delivered.
     Eof,
     /// No pipe or buffer is free right now; retry when one comes back.
     Starved,
+    /// Ring-splice: the shard holds [`RING_SPLICE_MAX_PIPES`] pipes; retry
+    /// when one comes back (not a shortage: those pipes are in flight).
+    PipeLimit,
     /// The source failed (reset, error).
     SourceFailed,
     /// The destination failed (reset, error).
@@ -58,6 +83,19 @@ pub enum Step {
 
 /// Splice fills per readiness event before yielding to other connections.
 const SPLICE_ROUNDS: usize = 4;
+
+/// Splice: a fill smaller than this drained the source (a non-blocking
+/// splice from a socket takes all it has, up to the pipe's room), so the
+/// direction goes back to waiting instead of trying another round that
+/// would only find the socket empty: one `splice(2)` saved per message in
+/// request/response traffic, while bulk transfers keep their rounds.
+const SMALL_FILL: usize = 16 * 1024;
+
+/// Ring-splice: most pipes a shard holds at once. A ring splice holds its
+/// pipe while it waits for an io-wq worker, so a burst of readiness (a
+/// thousand clients closing at once) would otherwise create a pipe per
+/// ready direction; past this, directions wait for a pipe to come back.
+pub const RING_SPLICE_MAX_PIPES: usize = 256;
 
 /// One direction's state.
 #[derive(Debug, Default)]
@@ -96,6 +134,7 @@ impl Dir {
             return Step::SourceFailed;
         }
         let mut rounds = 0;
+        let mut last_fill = usize::MAX;
         loop {
             if self.in_pipe > 0 {
                 let Some(pipe) = self.pipe.as_ref() else {
@@ -114,7 +153,7 @@ impl Dir {
             if let Some(pipe) = self.pipe.take() {
                 pool.give_back(pipe, now_ms);
             }
-            if rounds == SPLICE_ROUNDS {
+            if rounds == SPLICE_ROUNDS || last_fill < SMALL_FILL {
                 return Step::Read;
             }
             rounds += 1;
@@ -129,6 +168,7 @@ impl Dir {
                 Ok(n) => {
                     self.in_pipe = n;
                     self.pipe = Some(pipe);
+                    last_fill = n;
                 }
                 Err(e) => {
                     pool.give_back(pipe, now_ms);
@@ -140,6 +180,86 @@ impl Dir {
                 }
             }
         }
+    }
+
+    /// Ring-splice engine: handles the completion of the direction's read
+    /// side (`is_read`: a plain readiness poll when no pipe is held, else
+    /// the splice into the pipe) or of its write side (the splice out of the
+    /// pipe). `result` is the kernel's.
+    pub fn on_ring_splice(
+        &mut self,
+        pool: &mut PipePool,
+        is_read: bool,
+        result: i32,
+        now_ms: u64,
+    ) -> Step {
+        if !is_read {
+            return match result {
+                n if n > 0 => {
+                    let n = n as usize;
+                    self.bytes += n as u64;
+                    self.in_pipe = self.in_pipe.saturating_sub(n);
+                    if self.in_pipe > 0 {
+                        return Step::Write;
+                    }
+                    if let Some(pipe) = self.pipe.take() {
+                        pool.give_back(pipe, now_ms);
+                    }
+                    Step::Read
+                }
+                n if n == -libc::EAGAIN => Step::Write,
+                _ => Step::DestinationFailed,
+            };
+        }
+        let Some(pipe) = self.pipe.take() else {
+            // The plain poll: the source has bytes (or EOF, or an error,
+            // which the splice will report). Take a pipe for them.
+            if result < 0 {
+                return Step::SourceFailed;
+            }
+            if pool.in_use() >= RING_SPLICE_MAX_PIPES {
+                return Step::PipeLimit;
+            }
+            return match pool.take() {
+                Ok(pipe) => {
+                    self.pipe = Some(pipe);
+                    self.in_pipe = 0;
+                    Step::Fill
+                }
+                Err(_) => Step::Starved,
+            };
+        };
+        match result {
+            n if n > 0 => {
+                self.in_pipe = n as usize;
+                self.pipe = Some(pipe);
+                Step::Write
+            }
+            0 => {
+                pool.give_back(pipe, now_ms);
+                Step::Eof
+            }
+            n if n == -libc::EAGAIN => {
+                pool.give_back(pipe, now_ms);
+                Step::Read
+            }
+            _ => {
+                pool.give_back(pipe, now_ms);
+                Step::SourceFailed
+            }
+        }
+    }
+
+    /// Ring-splice engine: the held pipe's descriptors (read end, write end).
+    pub fn pipe_fds(&self) -> Option<(RawFd, RawFd)> {
+        self.pipe
+            .as_ref()
+            .map(|p| (p.read_end().as_raw_fd(), p.write_end().as_raw_fd()))
+    }
+
+    /// Bytes waiting in the held pipe.
+    pub fn in_pipe(&self) -> usize {
+        self.in_pipe
     }
 
     /// Copy engine: handles a receive (`is_read`) or send completion.
@@ -203,5 +323,77 @@ impl Dir {
         if let Some((bid, _, _)) = self.held.take() {
             driver.recycle(Group::Io, bid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const READY: i32 = libc::POLLIN as i32;
+
+    #[test]
+    fn ring_splice_holds_a_pipe_only_while_bytes_are_in_it() {
+        let mut pool = PipePool::new(4096, 8);
+        let mut dir = Dir::default();
+        // Readable: a pipe is taken for the fill.
+        assert_eq!(dir.on_ring_splice(&mut pool, true, READY, 0), Step::Fill);
+        assert_eq!(pool.in_use(), 1);
+        assert!(dir.pipe_fds().is_some());
+        // 100 bytes in; drained in two splices out.
+        assert_eq!(dir.on_ring_splice(&mut pool, true, 100, 0), Step::Write);
+        assert_eq!(dir.in_pipe(), 100);
+        assert_eq!(dir.on_ring_splice(&mut pool, false, 60, 0), Step::Write);
+        assert_eq!(
+            dir.on_ring_splice(&mut pool, false, -libc::EAGAIN, 0),
+            Step::Write
+        );
+        assert_eq!(dir.on_ring_splice(&mut pool, false, 40, 0), Step::Read);
+        assert_eq!((dir.bytes, dir.in_pipe()), (100, 0));
+        assert_eq!(pool.in_use(), 0, "the drained pipe went back");
+        // A spurious wake-up gives the pipe back too; then the FIN.
+        assert_eq!(dir.on_ring_splice(&mut pool, true, READY, 0), Step::Fill);
+        assert_eq!(
+            dir.on_ring_splice(&mut pool, true, -libc::EAGAIN, 0),
+            Step::Read
+        );
+        assert_eq!(pool.in_use(), 0);
+        assert_eq!(dir.on_ring_splice(&mut pool, true, READY, 0), Step::Fill);
+        assert_eq!(dir.on_ring_splice(&mut pool, true, 0, 0), Step::Eof);
+        assert_eq!(pool.in_use(), 0);
+        // Errors on either side.
+        assert_eq!(
+            dir.on_ring_splice(&mut pool, true, -libc::ECONNRESET, 0),
+            Step::SourceFailed
+        );
+        assert_eq!(
+            dir.on_ring_splice(&mut pool, false, -libc::EPIPE, 0),
+            Step::DestinationFailed
+        );
+    }
+
+    #[test]
+    fn ring_splice_waits_once_the_shard_holds_its_most_pipes() {
+        let mut pool = PipePool::new(4096, 8);
+        let mut dirs: Vec<Dir> = (0..=RING_SPLICE_MAX_PIPES)
+            .map(|_| Dir::default())
+            .collect();
+        for dir in &mut dirs[..RING_SPLICE_MAX_PIPES] {
+            assert_eq!(dir.on_ring_splice(&mut pool, true, READY, 0), Step::Fill);
+        }
+        let last = &mut dirs[RING_SPLICE_MAX_PIPES];
+        assert_eq!(
+            last.on_ring_splice(&mut pool, true, READY, 0),
+            Step::PipeLimit
+        );
+        assert!(last.pipe_fds().is_none());
+        // One comes back (its fill found nothing): the waiting one gets it.
+        assert_eq!(
+            dirs[0].on_ring_splice(&mut pool, true, -libc::EAGAIN, 0),
+            Step::Read
+        );
+        let last = &mut dirs[RING_SPLICE_MAX_PIPES];
+        assert_eq!(last.on_ring_splice(&mut pool, true, READY, 0), Step::Fill);
+        assert_eq!(pool.live(), RING_SPLICE_MAX_PIPES);
     }
 }

@@ -307,6 +307,13 @@ fn client_hello_name(body: &[u8]) -> Result<Option<&[u8]>, HelloError> {
             what: "extensions length does not match the message",
         });
     }
+    // RFC 8446 4.1.2: cipher_suites<2..2^16-2>, legacy_compression_methods<1..2^8-1>;
+    // tls-parser lets both be empty.
+    if hello.ciphers.is_empty() || hello.comp.is_empty() {
+        return Err(HelloError::Malformed {
+            what: "empty cipher_suites or compression_methods",
+        });
+    }
     let Some(mut exts) = hello.ext else {
         return Ok(None);
     };
@@ -640,6 +647,27 @@ pub(crate) mod tests {
             run(&records(&big, MAX_RECORD_LEN)[..100]),
             Outcome::Invalid(HelloError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn empty_cipher_suites_or_compression_methods_are_refused() {
+        let msg = hello_message(&[sni_ext(&[(0, b"a.b")])]);
+        // Offsets in the body: version 2, random 32, session id 1 + 32.
+        let suites_at = 4 + 2 + 32 + 1 + 32;
+        let mut no_suites = msg[..suites_at].to_vec();
+        no_suites.extend_from_slice(&[0, 0]);
+        no_suites.extend_from_slice(&msg[suites_at + 2 + 4..]);
+        let mut no_comp = msg[..suites_at + 2 + 4].to_vec();
+        no_comp.push(0);
+        no_comp.extend_from_slice(&msg[suites_at + 2 + 4 + 2..]);
+        for mut m in [no_suites, no_comp] {
+            let body_len = m.len() - 4;
+            m[1..4].copy_from_slice(&(body_len as u32).to_be_bytes()[1..]);
+            match run(&records(&m, 1000)) {
+                Outcome::Invalid(e) => assert_eq!(e.label(), "malformed", "{e}"),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
     }
 
     #[test]

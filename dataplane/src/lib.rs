@@ -3,7 +3,9 @@
 //! endpoint the routing table names (see ARCHITECTURE.md).
 //!
 //! The `meshgate` binary is [`run`]; the ClientHello sniffer [`hello`] is
-//! public for the fuzz target and benchmarks. Everything else is private.
+//! public for the fuzz target and benchmarks, and [`load_routes`] (how
+//! `serve` loads a routes file) for the table benchmark. Everything else is
+//! private.
 #![deny(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
@@ -27,6 +29,8 @@ mod upgrade;
 mod uring;
 
 use std::process::ExitCode;
+
+pub use serve::load_routes;
 
 use clap::Parser;
 use routing_table::{MatchKind, PatternKind};

@@ -42,6 +42,9 @@ pub struct PipePool {
     size: usize,
     /// Pipes that exist now (idle or holding bytes).
     live: usize,
+    /// Pipe creations that failed, and the last error's code.
+    failures: u64,
+    last_error: Option<i32>,
 }
 
 impl PipePool {
@@ -52,6 +55,8 @@ impl PipePool {
             max_idle,
             size,
             live: 0,
+            failures: 0,
+            last_error: None,
         }
     }
 
@@ -65,6 +70,11 @@ impl PipePool {
         self.live
     }
 
+    /// Pipes holding bytes or waiting for a transfer (live, not pooled).
+    pub fn in_use(&self) -> usize {
+        self.live - self.idle.len()
+    }
+
     /// Takes an empty pipe, creating one if none is pooled.
     ///
     /// # Errors
@@ -75,11 +85,24 @@ impl PipePool {
         if let Some((pipe, _)) = self.idle.pop() {
             return Ok(pipe);
         }
-        let (read, write) = sys::pipe()?;
+        let (read, write) = sys::pipe().inspect_err(|e| {
+            self.failures += 1;
+            self.last_error = e.raw_os_error();
+        })?;
         // Ignore a refusal: the pipe works at its default size.
         let _ = sys::set_pipe_size(write.as_fd(), self.size);
         self.live += 1;
         Ok(Pipe { read, write })
+    }
+
+    /// Pipe creations that failed so far (descriptors ran out).
+    pub fn failures(&self) -> u64 {
+        self.failures
+    }
+
+    /// The error of the last failed pipe creation, if any failed.
+    pub fn last_error(&self) -> Option<io::Error> {
+        self.last_error.map(io::Error::from_raw_os_error)
     }
 
     /// Returns an empty pipe to the pool at shard time `now_ms` (or closes

@@ -62,10 +62,17 @@ pub struct ShardStats {
     pub accepted: Counter,
     /// Connections currently open (any phase).
     pub active: Counter,
-    /// Connections shed at accept because the shard was full.
+    /// Connections shed at accept because the shard was full, or reset
+    /// at once because the process was out of descriptors.
     pub shed: Counter,
     /// Accept failures (EMFILE, ENFILE, ENOMEM, ...).
     pub accept_errors: Counter,
+    /// Connections closed after accept because their upstream socket could
+    /// not be created (descriptors ran out).
+    pub upstream_socket_errors: Counter,
+    /// Pipes the splice engine could not create (descriptors ran out); the
+    /// direction waits and retries.
+    pub pipe_errors: Counter,
     /// Connections routed and connected to an upstream.
     pub forwarded: Counter,
     /// Hellos that were not routable ClientHellos.

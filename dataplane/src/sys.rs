@@ -693,3 +693,35 @@ pub fn recv_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<(usize, Vec<
     }
     Ok((n, fds))
 }
+
+/// Asks the kernel to back the 2 MiB-aligned part of `len` bytes at `start`
+/// with transparent huge pages, now: `MADV_HUGEPAGE`, then `MADV_COLLAPSE`
+/// (Linux 6.1+), which copies the range into huge pages synchronously. Used
+/// for a large routing table's index, which lookups read at random, so that
+/// a lookup does not also miss the TLB. Returns the bytes advised (0 when
+/// the range holds no whole aligned 2 MiB).
+///
+/// Both are advice: neither changes the contents of the memory or whether
+/// it is mapped, so any range is sound to pass (a range that is not
+/// mapped gives `ENOMEM`). The range advised lies wholly inside the one
+/// given (start rounded up, end rounded down), so memory next to it is
+/// never touched.
+///
+/// # Errors
+/// The kernel's: `EINVAL` without THP support or on kernels before 6.1,
+/// `EAGAIN`/`ENOMEM` when no huge page could be had; the memory then stays
+/// as it was.
+pub fn advise_huge_pages(start: *const u8, len: usize) -> io::Result<usize> {
+    const HUGE: usize = 2 << 20;
+    let first = (start as usize).div_ceil(HUGE) * HUGE;
+    let end = (start as usize).saturating_add(len) / HUGE * HUGE;
+    if end <= first {
+        return Ok(0);
+    }
+    let (addr, len) = (first as *mut libc::c_void, end - first);
+    // SAFETY: advice only, see above; `addr..addr + len` is page aligned.
+    cvt(unsafe { libc::madvise(addr, len, libc::MADV_HUGEPAGE) })?;
+    // SAFETY: as above; the kernel copies the pages, contents unchanged.
+    cvt(unsafe { libc::madvise(addr, len, libc::MADV_COLLAPSE) })?;
+    Ok(len)
+}

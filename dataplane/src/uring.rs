@@ -13,8 +13,11 @@
 //!   `Drop` cancels everything and reaps completions first, and leaks the
 //!   memory rather than free it if the kernel does not answer in time.
 //!
-//! No io_uring `splice` is ever submitted here: the kernel would always hand
-//! it to an io-wq worker thread (see ARCHITECTURE.md).
+//! An io_uring `splice` always runs on an io-wq worker thread, so it is
+//! only ever submitted linked behind a readiness poll and with
+//! `SPLICE_F_NONBLOCK` ([`Driver::splice_when_ready`], the ring-splice
+//! forwarding mode): a worker never waits on a socket, and the ring caps its
+//! unbounded workers at [`IOWQ_MAX_UNBOUND_WORKERS`].
 #![allow(unsafe_code)]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
@@ -40,6 +43,13 @@ pub struct UringConfig {
     /// Size of each copy-engine buffer in bytes.
     pub io_buffer_size: usize,
 }
+
+/// Most io-wq workers for unbounded work (socket splices) per ring. Ring
+/// splices never block (they are non-blocking and run only once their
+/// socket is ready), so one worker per shard keeps up with a shard that owns
+/// one core; the cap keeps a burst of ready splices from starting one kernel
+/// thread each.
+pub const IOWQ_MAX_UNBOUND_WORKERS: u32 = 1;
 
 /// A shard's io_uring.
 pub struct Uring {
@@ -68,6 +78,10 @@ impl Uring {
     /// `ENOSYS` when absent, `ENOMEM` when locked memory runs out).
     pub fn new(cfg: &UringConfig) -> io::Result<Uring> {
         let ring = build_ring(cfg.sq_entries)?;
+        // Older kernels lack the limit; ring splices still never block.
+        let _ = ring
+            .submitter()
+            .register_iowq_max_workers(&mut [0, IOWQ_MAX_UNBOUND_WORKERS]);
         let peek = BufRing::new(
             &ring,
             Group::Peek as u16,
@@ -240,6 +254,32 @@ impl Driver for Uring {
             .build()
             .user_data(timeout_token.0);
         self.push(&[connect, timer]);
+    }
+
+    fn splice_when_ready(
+        &mut self,
+        poll_token: Token,
+        token: Token,
+        poll_fd: RawFd,
+        interest: Interest,
+        fd_in: RawFd,
+        fd_out: RawFd,
+        len: u32,
+    ) {
+        let mask = match interest {
+            Interest::Read => libc::POLLIN | libc::POLLRDHUP,
+            Interest::Write => libc::POLLOUT,
+        };
+        let poll = opcode::PollAdd::new(types::Fd(poll_fd), mask as u32)
+            .build()
+            .flags(squeue::Flags::IO_LINK)
+            .user_data(poll_token.0);
+        // Offsets of -1: no offset (sockets and pipes have none).
+        let splice = opcode::Splice::new(types::Fd(fd_in), -1, types::Fd(fd_out), -1, len)
+            .flags(libc::SPLICE_F_NONBLOCK)
+            .build()
+            .user_data(token.0);
+        self.push(&[poll, splice]);
     }
 
     fn cancel_fd(&mut self, token: Token, fd: RawFd) {

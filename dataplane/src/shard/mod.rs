@@ -165,9 +165,16 @@ pub struct Shard<D: Driver> {
     draining_until: Option<u64>,
     /// Resource warnings are logged at most once per [`WARN_EVERY_MS`].
     next_warning_ms: u64,
+    /// A descriptor held in reserve: when accepts fail with `EMFILE` or
+    /// `ENFILE`, it is closed to accept one queued connection and reset it,
+    /// so that clients are refused at once instead of waiting in the
+    /// backlog (see [`Shard::shed_backlog`]).
+    spare_fd: Option<OwnedFd>,
 }
 
 const ACCEPT_BACKOFF_MS: u64 = 50;
+/// Most queued connections reset per accept failure.
+const SHED_BATCH: usize = 256;
 /// How soon work waiting for a buffer or a pipe is retried.
 const STARVED_RETRY_MS: u64 = 10;
 /// At most one resource warning per shard per this many ms.
@@ -213,6 +220,7 @@ impl<D: Driver> Shard<D> {
             accept_retry_at: None,
             draining_until: None,
             next_warning_ms: 0,
+            spare_fd: sys::eventfd().ok(),
         }
     }
 
@@ -313,14 +321,18 @@ impl<D: Driver> Shard<D> {
                 }
             }
             Err(e) => match e.raw_os_error() {
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                Some(code @ (libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)) => {
                     self.stats.accept_errors.add(1);
+                    if !c.more && matches!(code, libc::EMFILE | libc::ENFILE) {
+                        self.shed_backlog(index);
+                    }
                     if self.now_ms >= self.next_warning_ms {
                         self.next_warning_ms = self.now_ms + WARN_EVERY_MS;
                         warn!(
                             shard = self.cfg.id,
                             error = %e,
                             failures = self.stats.accept_errors.get(),
+                            shed = self.stats.shed.get(),
                             "accept failed; pausing accepts for {ACCEPT_BACKOFF_MS} ms (shedding new connections)"
                         );
                     }
@@ -346,6 +358,57 @@ impl<D: Driver> Shard<D> {
             self.listeners[index] = None;
         } else {
             self.arm_accept(index);
+        }
+    }
+
+    /// Out of descriptors: resets the connections queued on listener
+    /// `index` (at most [`SHED_BATCH`]), each accepted in the slot the spare
+    /// descriptor frees, and counts them as shed. Without this they would
+    /// wait in the backlog, unanswered, until descriptors free up. Returns
+    /// how many were shed. Only called while no accept is armed on the
+    /// listener, which is non-blocking.
+    fn shed_backlog(&mut self, index: usize) -> u64 {
+        let Some(listener) = self.listeners[index].as_ref() else {
+            return 0;
+        };
+        let mut shed = 0;
+        for _ in 0..SHED_BATCH {
+            // Lost to another thread last time: try to get it back first.
+            let Some(spare) = self.spare_fd.take().or_else(|| sys::eventfd().ok()) else {
+                break;
+            };
+            drop(spare);
+            let accepted = sys::accept(listener.as_fd());
+            self.spare_fd = sys::eventfd().ok();
+            match accepted {
+                Ok(client) => {
+                    let _ = sys::set_linger_zero(client.as_fd());
+                    drop(client);
+                    shed += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        self.stats.shed.add(shed);
+        shed
+    }
+
+    /// Counts the pipes the pool failed to create, and warns (at most once
+    /// per [`WARN_EVERY_MS`]) that forwarding waits for one.
+    fn note_pipe_errors(&mut self) {
+        let failures = self.pipes.failures();
+        if failures == self.stats.pipe_errors.get() {
+            return;
+        }
+        self.stats.pipe_errors.set(failures);
+        if self.now_ms >= self.next_warning_ms {
+            self.next_warning_ms = self.now_ms + WARN_EVERY_MS;
+            warn!(
+                shard = self.cfg.id,
+                error = ?self.pipes.last_error(),
+                failures,
+                "cannot create a pipe; forwarding waits and retries every {STARVED_RETRY_MS} ms"
+            );
         }
     }
 
@@ -438,7 +501,7 @@ impl<D: Driver> Shard<D> {
                 );
             }
             OpKind::Connect => self.on_connect(slot, generation, c),
-            OpKind::ConnectTimeout | OpKind::Cancel => {}
+            OpKind::ConnectTimeout | OpKind::Cancel | OpKind::ChainPoll => {}
             OpKind::ReadClient | OpKind::WriteUpstream => {
                 self.on_forward(slot, generation, 0, kind, c)
             }
@@ -454,6 +517,13 @@ impl<D: Driver> Shard<D> {
     fn expire_timers(&mut self) {
         self.pipes.trim(self.now_ms);
         self.stats.pipes.set(self.pipes.live() as u64);
+        if self.timers.needs_compaction(self.conns.len()) {
+            // Deadlines of connections that are gone (most idle deadlines
+            // under churn): keep those of live connections only.
+            let conns = &mut self.conns;
+            self.timers
+                .retain(|d| conns.get_mut(d.slot, d.generation).is_some());
+        }
         while let Some(deadline) = self.timers.pop_due(self.now_ms) {
             let (slot, generation) = (deadline.slot, deadline.generation);
             let Some(conn) = self.conns.get_mut(slot, generation) else {

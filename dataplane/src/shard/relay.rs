@@ -21,7 +21,9 @@ impl<D: Driver> Shard<D> {
         conn.inflight += 1;
         let token = Token::new(read_kind(d), slot, generation);
         match self.cfg.forward {
-            ForwardMode::Splice => self.driver.poll(token, src, Interest::Read),
+            ForwardMode::Splice | ForwardMode::RingSplice => {
+                self.driver.poll(token, src, Interest::Read)
+            }
             ForwardMode::Copy => self.driver.recv(token, src, Group::Io, false),
         }
     }
@@ -54,6 +56,9 @@ impl<D: Driver> Shard<D> {
                 conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result, now)
             }
             ForwardMode::Copy => conn.dirs[d].on_copy(&mut self.driver, is_read, c),
+            ForwardMode::RingSplice => {
+                conn.dirs[d].on_ring_splice(&mut self.pipes, is_read, c.result, now)
+            }
         };
         let moved = conn.dirs[d].bytes - before;
         if moved > 0 {
@@ -81,7 +86,44 @@ impl<D: Driver> Shard<D> {
                 match mode {
                     ForwardMode::Splice => self.driver.poll(token, raw, Interest::Write),
                     ForwardMode::Copy => conn.dirs[d].send_pending(&mut self.driver, token, raw),
+                    ForwardMode::RingSplice => {
+                        let dir = &conn.dirs[d];
+                        let (Some((pipe_out, _)), Ok(len)) =
+                            (dir.pipe_fds(), u32::try_from(dir.in_pipe()))
+                        else {
+                            unreachable!("ring-splice Write without a filled pipe")
+                        };
+                        // The poll and the splice: two completions.
+                        conn.inflight += 1;
+                        self.driver.splice_when_ready(
+                            Token::new(OpKind::ChainPoll, slot, generation),
+                            token,
+                            raw,
+                            Interest::Write,
+                            pipe_out,
+                            raw,
+                            len,
+                        );
+                    }
                 }
+            }
+            Step::Fill => {
+                let Some((_, pipe_in)) = conn.dirs[d].pipe_fds() else {
+                    unreachable!("ring-splice Fill without a pipe")
+                };
+                let raw = src.as_raw_fd();
+                let len = u32::try_from(self.pipes.pipe_size()).unwrap_or(u32::MAX);
+                // The poll and the splice: two completions.
+                conn.inflight += 2;
+                self.driver.splice_when_ready(
+                    Token::new(OpKind::ChainPoll, slot, generation),
+                    Token::new(read_kind(d), slot, generation),
+                    raw,
+                    Interest::Read,
+                    raw,
+                    pipe_in,
+                    len,
+                );
             }
             Step::Eof => {
                 // Pass the half-close on; the other direction keeps going.
@@ -91,7 +133,20 @@ impl<D: Driver> Shard<D> {
                     self.close(slot, generation, CloseReason::Done);
                 }
             }
-            Step::Starved => self.starved.push((slot, generation, Starved::Dir(d))),
+            Step::Starved => {
+                if mode.uses_pipes() {
+                    // No pipe can be created (descriptors ran out). A
+                    // connection that has not forwarded a byte yet is shed
+                    // rather than held; the others wait for a pipe.
+                    let fresh = conn.dirs.iter().all(|dir| dir.bytes == 0);
+                    self.note_pipe_errors();
+                    if fresh {
+                        return self.close(slot, generation, CloseReason::Resource);
+                    }
+                }
+                self.starved.push((slot, generation, Starved::Dir(d)))
+            }
+            Step::PipeLimit => self.starved.push((slot, generation, Starved::Dir(d))),
             Step::SourceFailed => {
                 let reason = if d == 0 {
                     CloseReason::ClientError
@@ -135,8 +190,9 @@ impl<D: Driver> Shard<D> {
                 }
                 Starved::Dir(d) => match self.cfg.forward {
                     // Splice: pump again as if the source were readable
-                    // (the direction has no operation in flight).
-                    ForwardMode::Splice => {
+                    // (the direction has no operation in flight); the
+                    // ring splice takes a pipe and fills it.
+                    ForwardMode::Splice | ForwardMode::RingSplice => {
                         let ready = Completion {
                             token: Token::new(read_kind(d), slot, generation),
                             result: libc::POLLIN as i32,

@@ -160,7 +160,16 @@ impl<D: Driver> Shard<D> {
         let fd = match sys::tcp_socket(&addr) {
             Ok(fd) => fd,
             Err(e) => {
-                warn!(shard = self.cfg.id, error = %e, "cannot create upstream socket");
+                self.stats.upstream_socket_errors.add(1);
+                if self.now_ms >= self.next_warning_ms {
+                    self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
+                    warn!(
+                        shard = self.cfg.id,
+                        error = %e,
+                        failures = self.stats.upstream_socket_errors.get(),
+                        "cannot create upstream socket; closing the connection"
+                    );
+                }
                 return self.close(slot, generation, CloseReason::Resource);
             }
         };

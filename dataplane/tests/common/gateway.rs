@@ -28,15 +28,19 @@ pub enum Forward {
     EpollSplice,
     /// epoll with recv/send.
     EpollCopy,
+    /// io_uring, kernel pipes, splice submitted through the ring behind a linked poll
+    /// (`ring-splice`; io_uring only).
+    RingSplice,
 }
 
 impl Forward {
     /// Every variant, for tests that loop.
-    pub const ALL: [Forward; 4] = [
+    pub const ALL: [Forward; 5] = [
         Forward::Splice,
         Forward::Copy,
         Forward::EpollSplice,
         Forward::EpollCopy,
+        Forward::RingSplice,
     ];
 
     /// The `--forward` value.
@@ -44,13 +48,14 @@ impl Forward {
         match self {
             Forward::Splice | Forward::EpollSplice => "splice",
             Forward::Copy | Forward::EpollCopy => "copy",
+            Forward::RingSplice => "ring-splice",
         }
     }
 
     /// The `--engine` value.
     pub fn engine(self) -> &'static str {
         match self {
-            Forward::Splice | Forward::Copy => "uring",
+            Forward::Splice | Forward::Copy | Forward::RingSplice => "uring",
             Forward::EpollSplice | Forward::EpollCopy => "epoll",
         }
     }
@@ -73,6 +78,9 @@ pub struct GatewayOpts<'a> {
     /// Make `io_uring_setup` fail with EPERM in the child (a seccomp filter,
     /// as Docker's default profile does).
     pub deny_io_uring: bool,
+    /// Start the child with this open-file limit, soft and hard (through
+    /// `prlimit(1)`, which sets it and execs the gateway in the same process).
+    pub nofile: Option<u64>,
 }
 
 impl<'a> GatewayOpts<'a> {
@@ -85,6 +93,7 @@ impl<'a> GatewayOpts<'a> {
             listen: vec!["127.0.0.1:0".into()],
             extra_args: Vec::new(),
             deny_io_uring: false,
+            nofile: None,
         }
     }
 }
@@ -103,7 +112,16 @@ impl Gateway {
     /// If the binary cannot be spawned, exits, or is not ready within [`READY_TIMEOUT`];
     /// the message carries its log.
     pub fn start(opts: &GatewayOpts<'_>) -> Gateway {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshgate"));
+        let mut cmd = match opts.nofile {
+            Some(limit) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_meshgate"));
+                cmd
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_meshgate")),
+        };
         cmd.arg("serve");
         for listen in &opts.listen {
             cmd.args(["--listen", listen]);

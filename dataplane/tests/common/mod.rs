@@ -6,13 +6,15 @@
 //! [`bounded::run_bounded`], which puts a deadline on every test. Nothing here waits without
 //! a bound: sockets carry read and write timeouts, channels are read with `recv_timeout`.
 //!
-//! Each data-plane test runs once per variant (io_uring and epoll, each with splice and copy), see
+//! Each data-plane test runs once per variant (io_uring and epoll, each with splice and copy, and
+//! io_uring with ring-splice), see
 //! [`forward_tests`]. Set `MESHGATE_TEST_ECHO=1` to see the gateway's log as it arrives;
 //! a failing test prints the whole log anyway.
 //!
 //! Not every test file uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports, unused_macros)]
 
+pub mod admin;
 pub use meshgate_testkit::bounded;
 pub mod data;
 pub mod gateway;
@@ -49,7 +51,7 @@ pub fn sni(service: &str, dc: &str) -> String {
 }
 
 /// Expands to one `#[test]` per data-plane variant (`<body>::splice`, `<body>::copy`,
-/// `<body>::epoll_splice`, `<body>::epoll_copy`), each running `body(Forward::…)` under a
+/// `<body>::epoll_splice`, `<body>::epoll_copy`, `<body>::ring_splice`), each running `body(Forward::…)` under a
 /// deadline of `secs` seconds.
 macro_rules! forward_tests {
     ($body:ident, $secs:expr) => {
@@ -58,6 +60,7 @@ macro_rules! forward_tests {
             $crate::common::forward_tests!(@one $body, copy, Copy, $secs);
             $crate::common::forward_tests!(@one $body, epoll_splice, EpollSplice, $secs);
             $crate::common::forward_tests!(@one $body, epoll_copy, EpollCopy, $secs);
+            $crate::common::forward_tests!(@one $body, ring_splice, RingSplice, $secs);
         }
     };
     (@one $body:ident, $name:ident, $variant:ident, $secs:expr) => {
