@@ -7,7 +7,11 @@
 //! leave the old block with the allocator, about twice the memory at peak).
 //! A chunk's pages are touched only as its slots are first used, so memory
 //! is one slot per connection ever held at once. Free slots are chained
-//! through the slots themselves, so freeing needs no memory either.
+//! through the slots themselves, so freeing needs no memory either. An
+//! empty slab can give back every chunk but the first
+//! ([`Slab::shrink_if_empty`]), so a burst of connections does not hold its
+//! memory after it is gone; slots made later start above every generation
+//! the released ones had, so a stale token still names no value.
 
 /// Slots per chunk.
 pub const CHUNK: usize = 256;
@@ -27,6 +31,8 @@ pub struct Slab<T> {
     slots: usize,
     capacity: usize,
     len: usize,
+    /// Generation new slots start from: above those of released slots.
+    floor: u16,
 }
 
 #[derive(Debug)]
@@ -53,6 +59,7 @@ impl<T> Slab<T> {
             slots: 0,
             capacity,
             len: 0,
+            floor: 0,
         }
     }
 
@@ -92,7 +99,7 @@ impl<T> Slab<T> {
             }
             let chunk = self.chunks.last_mut()?;
             chunk.push(Slot {
-                generation: 0,
+                generation: self.floor,
                 entry: Entry::Free(NONE),
             });
             self.slots += 1;
@@ -132,6 +139,29 @@ impl<T> Slab<T> {
         self.free = index;
         self.len -= 1;
         Some(value)
+    }
+
+    /// When nothing is held, frees every chunk but the first; whether it
+    /// freed any.
+    pub fn shrink_if_empty(&mut self) -> bool {
+        if self.len != 0 || self.chunks.len() <= 1 {
+            return false;
+        }
+        for slot in self.chunks.drain(1..).flatten() {
+            // Generations wrap, so "above" is by wrapping distance.
+            if slot.generation.wrapping_sub(self.floor) < u16::MAX / 2 {
+                self.floor = slot.generation;
+            }
+        }
+        let first = &mut self.chunks[0];
+        self.slots = first.len();
+        // Chain the first chunk's slots, lowest first.
+        self.free = NONE;
+        for (i, slot) in first.iter_mut().enumerate().rev() {
+            slot.entry = Entry::Free(self.free);
+            self.free = i as u32;
+        }
+        true
     }
 
     /// Indexes and generations of every held value.
@@ -191,5 +221,43 @@ mod tests {
         assert_eq!(again, vec![3 * CHUNK as u32 + 4, CHUNK as u32 + 1, 7]);
         assert_eq!(slab.chunks[0].as_ptr(), first);
         assert_eq!(slab.len(), n);
+    }
+
+    #[test]
+    fn an_empty_slab_gives_back_all_but_one_chunk_and_stale_tokens_stay_stale() {
+        let n = 3 * CHUNK + 5;
+        let mut slab = Slab::new(n);
+        let held: Vec<(u32, u16)> = (0..n)
+            .map(|_| slab.insert_with(|s, _| s).unwrap())
+            .collect();
+        // Churn one high slot so its generation runs ahead of the others.
+        let high = held[n - 1].0;
+        slab.remove(high);
+        let (again, _) = slab.insert_with(|s, _| s).unwrap();
+        assert_eq!(again, high);
+        for &(slot, _) in &held[1..] {
+            assert!(slab.remove(slot).is_some());
+            assert!(!slab.shrink_if_empty(), "not while a value is held");
+        }
+        assert!(slab.remove(held[0].0).is_some());
+        assert!(slab.shrink_if_empty());
+        assert!(!slab.shrink_if_empty(), "nothing left to give back");
+        assert_eq!(slab.chunks.len(), 1, "every chunk but the first given back");
+        // Fill again: every token from before names nothing, and the slab
+        // still holds `n` values.
+        let refill: Vec<(u32, u16)> = (0..n)
+            .map(|_| slab.insert_with(|s, _| s).unwrap())
+            .collect();
+        assert!(slab.insert_with(|s, _| s).is_none());
+        assert_eq!(
+            refill.iter().take(CHUNK).map(|t| t.0).max(),
+            Some(CHUNK as u32 - 1)
+        );
+        for &(slot, generation) in &held {
+            assert!(slab.get_mut(slot, generation).is_none(), "stale {slot}");
+        }
+        for &(slot, generation) in &refill {
+            assert_eq!(slab.get_mut(slot, generation).copied(), Some(slot));
+        }
     }
 }

@@ -68,6 +68,12 @@ impl Timers {
         self.heap.shrink_to(2 * self.heap.len() + COMPACT_FLOOR);
     }
 
+    /// Drops every deadline and the heap's memory: for a shard whose last
+    /// connection closed, when every deadline left is stale.
+    pub fn clear(&mut self) {
+        self.heap = BinaryHeap::new();
+    }
+
     /// Removes and returns one deadline that is due at `now_ms`.
     pub fn pop_due(&mut self, now_ms: u64) -> Option<Deadline> {
         match self.heap.peek() {

@@ -154,6 +154,8 @@ pub struct Shard<D: Driver> {
     conns: Slab<Conn>,
     pipes: PipePool,
     timers: Timers,
+    /// When the slab last gave memory back (`shrink_if_empty`).
+    shrunk_ms: u64,
     stats: Arc<ShardStats>,
     routes: ShardRoutes,
     scratch: Box<[u8]>,
@@ -210,6 +212,7 @@ impl<D: Driver> Shard<D> {
             }),
             balancer,
             timers: Timers::default(),
+            shrunk_ms: 0,
             stats,
             routes,
             scratch: vec![0u8; MAX_HELLO_BYTES].into_boxed_slice(),
@@ -623,6 +626,16 @@ impl<D: Driver> Shard<D> {
         let Some(mut conn) = self.conns.remove(slot) else {
             return;
         };
+        if self.conns.is_empty() {
+            // Every deadline left is a closed connection's.
+            self.timers.clear();
+            // After a burst, give its memory back to the kernel (at most
+            // once a second: under churn a shard may empty often).
+            if self.now_ms >= self.shrunk_ms + 1000 && self.conns.shrink_if_empty() {
+                self.shrunk_ms = self.now_ms;
+                sys::return_free_memory();
+            }
+        }
         for dir in &mut conn.dirs {
             dir.release(&mut self.pipes, &mut self.driver, self.now_ms);
         }
