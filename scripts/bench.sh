@@ -317,7 +317,12 @@ sniproxy_config() { # dir port
   {
     echo "user root"
     echo "pidfile $d/sniproxy.pid"
-    echo "error_log { filename $d/error.log priority warning }"
+    # One setting per line: on one line sniproxy takes the last word as
+    # the file name (and wrote a file called "warning" into the cwd).
+    echo "error_log {"
+    echo "  filename $d/error.log"
+    echo "  priority warning"
+    echo "}"
     echo "listener $ip:$p {"
     echo "  protocol tls"
     echo "  table mesh"
