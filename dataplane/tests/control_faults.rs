@@ -18,7 +18,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::admin::{http_get, Metrics};
@@ -28,21 +28,6 @@ use common::*;
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 /// `meshgate::serve::MAX_ROUTES_FILE_BYTES`.
 const MAX_ROUTES_FILE_BYTES: u64 = 1 << 30;
-
-/// One short connection; the id of the backend that echoed it.
-fn which_backend(addr: SocketAddr, name: &str, what: &str) -> String {
-    let hello = client_hello(Some(name), 0);
-    let mut stream = tcp_connect(addr);
-    stream.write_all(&hello).unwrap();
-    stream.write_all(b"probe").unwrap();
-    let echoed = read_exactly(&mut stream, hello.len() + 5, what);
-    assert_eq!(&echoed[hello.len()..], b"probe", "{what}");
-    stream.shutdown(Shutdown::Write).unwrap();
-    let trailer = String::from_utf8_lossy(&read_to_eof(&mut stream, what)).into_owned();
-    field(&trailer, "backend")
-        .unwrap_or_else(|| panic!("{what}: no trailer: {trailer:?}"))
-        .to_string()
-}
 
 /// Swallows file events that are still arriving, so the next wait is about what the test
 /// does next.

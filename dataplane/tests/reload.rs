@@ -21,21 +21,6 @@ use common::*;
 const CHUNK: usize = 32 * 1024;
 const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
-/// One short connection; returns the id of the backend that echoed it.
-fn which_backend(addr: SocketAddr, name: &str, what: &str) -> String {
-    let hello = client_hello(Some(name), 0);
-    let mut stream = tcp_connect(addr);
-    stream.write_all(&hello).unwrap();
-    stream.write_all(b"probe").unwrap();
-    let echoed = read_exactly(&mut stream, hello.len() + 5, what);
-    assert_eq!(&echoed[hello.len()..], b"probe", "{what}");
-    stream.shutdown(Shutdown::Write).unwrap();
-    let trailer = String::from_utf8_lossy(&read_to_eof(&mut stream, what)).into_owned();
-    field(&trailer, "backend")
-        .unwrap_or_else(|| panic!("{what}: no trailer: {trailer:?}"))
-        .to_string()
-}
-
 /// Lets duplicate file events play out and swallows their log lines, so the next wait
 /// can only be satisfied by what the test does next.
 fn settle(gw: &Gateway) {

@@ -234,3 +234,20 @@ pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
         Some(value.trim_end_matches(',').trim_matches('"'))
     })
 }
+
+/// One short connection through the gateway at `addr` with SNI `name`
+/// (hello, a probe, FIN): the id of the test backend that echoed it, from
+/// its trailer.
+pub fn which_backend(addr: SocketAddr, name: &str, what: &str) -> String {
+    let hello = client_hello(Some(name), 0);
+    let mut stream = tcp_connect(addr);
+    stream.write_all(&hello).unwrap();
+    stream.write_all(b"probe").unwrap();
+    let echoed = read_exactly(&mut stream, hello.len() + 5, what);
+    assert_eq!(&echoed[hello.len()..], b"probe", "{what}");
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let trailer = String::from_utf8_lossy(&read_to_eof(&mut stream, what)).into_owned();
+    field(&trailer, "backend")
+        .unwrap_or_else(|| panic!("{what}: no trailer: {trailer:?}"))
+        .to_string()
+}
