@@ -256,13 +256,17 @@ pub fn read_routes(path: &Path) -> Snapshot {
     Snapshot::parse(&text, Format::Json).expect("routes parse")
 }
 
-/// Endpoints (address, weight) of route `sni`, if present.
+/// Endpoints (address, weight) of route `sni`, sorted, if present.
 pub fn endpoints(s: &Snapshot, sni: &str) -> Option<Vec<(String, u32)>> {
     s.routes.iter().find(|r| r.sni == sni).map(|r| {
-        r.endpoints
+        let mut endpoints: Vec<(String, u32)> = r
+            .endpoints
             .iter()
             .map(|e| (e.address().to_owned(), e.weight()))
-            .collect()
+            .collect();
+        // As text: the file orders them by address (port 7369 before 14737).
+        endpoints.sort();
+        endpoints
     })
 }
 
