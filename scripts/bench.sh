@@ -111,6 +111,8 @@ command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 [ -f /usr/lib/nginx/modules/ngx_stream_module.so ] || need+=(libnginx-mod-stream)
 command -v sniproxy >/dev/null 2>&1 || need+=(sniproxy)
+# Envoy's venv: Debian's python3 makes one only with ensurepip (python3-venv).
+python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3 python3-venv)
 if [ "${#need[@]}" -gt 0 ]; then
   log "installing ${need[*]}"
   apt_install "${need[@]}" || log "apt-get install ${need[*]} failed (see $work/install.log)"

@@ -68,10 +68,13 @@ impl Timers {
         self.heap.shrink_to(2 * self.heap.len() + COMPACT_FLOOR);
     }
 
-    /// Drops every deadline and the heap's memory: for a shard whose last
+    /// Drops every deadline, and the heap's memory beyond what a small
+    /// shard needs (so a shard that empties after each connection does not
+    /// free and reallocate it every time): for a shard whose last
     /// connection closed, when every deadline left is stale.
     pub fn clear(&mut self) {
-        self.heap = BinaryHeap::new();
+        self.heap.clear();
+        self.heap.shrink_to(COMPACT_FLOOR);
     }
 
     /// Removes and returns one deadline that is due at `now_ms`.

@@ -11,32 +11,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::admin::http_get;
+use common::admin::{http_get, parse_metrics};
 use common::*;
-
-/// Parses Prometheus text: `name{labels}` -> value. Fails on a malformed line.
-fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for line in text
-        .lines()
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-    {
-        let (key, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("bad metrics line {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        let name = key.split('{').next().unwrap();
-        assert!(
-            name.starts_with("meshgate_")
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
-            "metric name {name:?} breaks the conventions"
-        );
-        out.insert(key.to_string(), value);
-    }
-    out
-}
 
 fn sum_prefix(m: &BTreeMap<String, f64>, prefix: &str) -> f64 {
     m.iter()

@@ -38,6 +38,34 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
 #[derive(Clone, Debug, Default)]
 pub struct Metrics(pub BTreeMap<String, f64>);
 
+/// Parses Prometheus text: `name{labels}` -> value.
+///
+/// # Panics
+/// On a line that is not `key value`, or a metric name that is not
+/// `meshgate_` and `[a-z0-9_]`.
+pub fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let (key, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("bad metrics line {line:?}"));
+        let value: f64 = value
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = key.split('{').next().unwrap_or(key);
+        assert!(
+            name.starts_with("meshgate_")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "metric name {name:?} breaks the conventions"
+        );
+        out.insert(key.to_string(), value);
+    }
+    out
+}
+
 impl Metrics {
     /// Reads `/metrics` from the admin listener at `addr`.
     ///
@@ -46,20 +74,7 @@ impl Metrics {
     pub fn read(addr: SocketAddr) -> Metrics {
         let (status, body) = http_get(addr, "/metrics");
         assert_eq!(status, 200, "GET /metrics: {body}");
-        let mut out = BTreeMap::new();
-        for line in body
-            .lines()
-            .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        {
-            let (key, value) = line
-                .rsplit_once(' ')
-                .unwrap_or_else(|| panic!("bad metrics line {line:?}"));
-            let value: f64 = value
-                .parse()
-                .unwrap_or_else(|_| panic!("bad value in {line:?}"));
-            out.insert(key.to_string(), value);
-        }
-        Metrics(out)
+        Metrics(parse_metrics(&body))
     }
 
     /// The value of `key` (a name with its labels, if any); 0 when absent.
