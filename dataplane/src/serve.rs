@@ -126,8 +126,8 @@ pub fn load_routes(path: &Path) -> Result<Table, ServeError> {
 }
 
 /// Backs a large table's index with huge pages (see
-/// [`Table::lookup_memory`]): at a million routes a lookup then costs two
-/// cache misses instead of two cache and two TLB misses. Advice only: when
+/// [`Table::lookup_memory`]): at a million routes a lookup then costs its
+/// cache misses without TLB misses on top. Advice only: when
 /// the kernel refuses, the table works as it is.
 fn huge_pages(table: &Table) {
     for (start, len) in table.lookup_memory() {

@@ -56,9 +56,10 @@ pub enum SnapshotError {
         /// Version of the refused snapshot.
         offered: u64,
     },
-    /// More routes than one table holds: a [`RouteId`](crate::RouteId)
-    /// indexes at most `u32::MAX` routes, and the table's index holds at
-    /// most 4 GiB of names (then `max` is the number of routes that fit).
+    /// More routes than one table holds: at most
+    /// [`MAX_ROUTES`](crate::MAX_ROUTES), and the index keeps at most 4 GiB
+    /// of long names that share no suffix (then `max` is the number of
+    /// routes that fit).
     #[error("{count} routes is more than the maximum of {max}")]
     TooManyRoutes {
         /// Number of routes offered.

@@ -2,16 +2,23 @@
 //! table from normalized patterns to route indexes, and the lookup pass.
 //!
 //! Exact names and wildcard suffixes (`*.b.c` is keyed `b.c`) share the
-//! index; the hash and the comparison include the kind. Each 8-byte slot
-//! holds 32 bits of the pattern's [name hash](crate::hash) (the tag) and the
-//! offset of its entry in one arena of bytes; an entry is the route index,
-//! the key's length and kind, and the key. So a probe reads the slot, and
-//! only when the tag matches, one entry, usually one or two cache lines: a
-//! hit costs two dependent memory accesses, not three (slot, [`Route`],
-//! then the heap bytes of [`Route::sni`]). The price is the keys stored a
-//! second time, in one allocation (about 6 + name length bytes per route).
-//! Capacity is a power of two at least twice the route count, so probes are
-//! short and always reach an empty slot.
+//! index; the hash and the comparison include the kind. Two parallel arrays,
+//! at most half used, linear probing: 4-byte tags (32 bits of the pattern's
+//! [name hash](crate::hash), or empty), 16 to a cache line, which is all a
+//! miss reads; and 64-byte entries, one cache line each, holding the route
+//! index and the key itself. Both addresses follow from the hash, so a hit
+//! waits for one memory access, not two in turn: the earlier layout (8-byte
+//! slots pointing into an arena of keys) read the slot, then the key, and at
+//! a million routes that second dependent miss cost a third of a lookup.
+//!
+//! A key of up to 56 bytes is held whole. A longer one (a Consul name is a
+//! prefix plus the 43-byte trust domain `<uuid>.consul`) is split after the
+//! last dot that leaves at most 56 bytes in front: the prefix stays in the
+//! entry, the suffix is kept once in a small table shared by every key that
+//! ends with it, which stays in cache. A long key with no dot to split at,
+//! or past 65,534 distinct suffixes, spills whole into a separate arena and
+//! costs the second access again. The price of the layout is memory: 136
+//! bytes of index per route (the arena layout took about 95).
 //!
 //! [`NameIndex::find`] makes one pass over the SNI, 8 bytes at a time from
 //! the end: case-folding, hashing and finding dots. A dot whose suffix is as
@@ -21,17 +28,29 @@
 //! equal to a valid pattern is valid, and only the labels in front of a
 //! wildcard's suffix are checked, when one matches.
 
+use std::collections::HashMap;
+
 use crate::hash::{hash_name, NameHasher};
 use crate::name::{is_valid_name, MAX_NAME_LEN};
 use crate::swar::{dots, eq_ignore_case, fold, head_word, load, top_bytes};
 use crate::table::{MatchKind, PatternKind, Route};
 
-/// An unused slot. Arena offsets stay below `u32::MAX`.
-const EMPTY: u64 = u64::MAX;
+/// Key bytes an [`Entry`] holds itself.
+const INLINE: usize = 56;
 
-/// Bytes of an arena entry before its key: route index (`u32`, little
-/// endian), key length, kind (0 exact, 1 wildcard).
-const HEADER: usize = 6;
+/// The tag of an unused entry; [`tag`] never makes it.
+const EMPTY: u32 = 0;
+
+/// [`Entry::suffix`] of a key held whole in its entry.
+const WHOLE: u16 = u16::MAX;
+
+/// [`Entry::suffix`] of a key too long for its entry and with no shared
+/// suffix: the key is in [`NameIndex::spill`], at the offset in the first
+/// four bytes of [`Entry::inline`].
+const SPILLED: u16 = u16::MAX - 1;
+
+/// Shared suffixes an index holds at most (their ids are below [`SPILLED`]).
+const MAX_SUFFIXES: usize = SPILLED as usize;
 
 /// Words in a name of at most [`MAX_NAME_LEN`] bytes.
 const WORDS: usize = MAX_NAME_LEN.div_ceil(8);
@@ -40,15 +59,51 @@ const WORDS: usize = MAX_NAME_LEN.div_ceil(8);
 /// dropped and [`NameIndex::find_wildcard_slow`] covers them.
 const CANDIDATES: usize = 4;
 
+/// One pattern, in one cache line: a probe that reaches it reads its key
+/// without another dependent memory access (the entry's address follows
+/// from the hash, as its tag's does). A key of up to [`INLINE`] bytes is held
+/// whole; a longer one is split after a dot into a prefix held here and a
+/// suffix shared with other keys (a Consul name's trust domain,
+/// `<uuid>.consul`, is 43 bytes), kept once in [`NameIndex::suffixes`],
+/// which stays in cache because few suffixes serve many keys.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Entry {
+    /// The route index.
+    route: u32,
+    /// The id of the key's shared suffix, or [`WHOLE`], or [`SPILLED`].
+    suffix: u16,
+    /// Bytes of the key in `inline` (for [`SPILLED`], the key's length).
+    len: u8,
+    /// 0 exact, 1 wildcard.
+    kind: u8,
+    inline: [u8; INLINE],
+}
+
+const UNUSED: Entry = Entry {
+    route: 0,
+    suffix: WHOLE,
+    len: 0,
+    kind: 0,
+    inline: [0; INLINE],
+};
+
 /// Maps normalized patterns to route indexes. Immutable after build.
 #[derive(Clone)]
 pub(crate) struct NameIndex {
-    /// `tag << 32 | arena offset of the entry`, or [`EMPTY`].
-    slots: Box<[u64]>,
-    /// `slots.len() - 1`.
-    mask: usize,
-    /// The entries, in insertion order (see [`HEADER`]).
-    arena: Vec<u8>,
+    /// Per entry, its [`tag`] or [`EMPTY`]: what a probe walks, 16 to a
+    /// cache line, so a miss reads one line.
+    tags: Box<[u32]>,
+    /// Open addressing with linear probing; at most half are used.
+    entries: Box<[Entry]>,
+    /// The shared suffixes' bytes, back to back.
+    suffixes: Vec<u8>,
+    /// Per suffix id: its (offset in `suffixes`, length).
+    suffix_spans: Vec<(u32, u8)>,
+    /// Keys that fit no entry and share no suffix, back to back.
+    spill: Vec<u8>,
+    /// While building: suffix bytes to id.
+    suffix_ids: HashMap<Box<[u8]>, u16>,
     /// Which suffix lengths some wildcard has, laid out like the mask of
     /// [`dots`]: for word `j` (from the end), `0x80` in byte `i` iff a
     /// wildcard suffix is `8 * j + 7 - i` bytes long, the length of the
@@ -56,7 +111,7 @@ pub(crate) struct NameIndex {
     wildcard_lens: [u64; WORDS],
 }
 
-/// An index full beyond its arena's 4 GiB.
+/// An index full beyond its arenas' 4 GiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ArenaFull;
 
@@ -71,6 +126,13 @@ pub(crate) fn key(route: &Route) -> &[u8] {
     }
 }
 
+/// The tag of a pattern with name hash `hash`: its low 32 bits, never
+/// [`EMPTY`].
+#[inline(always)]
+fn tag(hash: u64) -> u32 {
+    (hash as u32).max(1)
+}
+
 fn kind_byte(kind: PatternKind) -> u8 {
     match kind {
         PatternKind::Exact => 0,
@@ -78,34 +140,74 @@ fn kind_byte(kind: PatternKind) -> u8 {
     }
 }
 
+/// Where a key longer than [`INLINE`] is split: after its last dot that
+/// leaves at most [`INLINE`] bytes in front (the shortest suffix, so the
+/// one most keys share), if there is one.
+fn split(key: &[u8]) -> Option<usize> {
+    key[..INLINE]
+        .iter()
+        .rposition(|&b| b == b'.')
+        .map(|dot| dot + 1)
+}
+
 impl NameIndex {
-    /// An index with room for `routes` routes whose keys are about
-    /// `key_bytes` long in total (a hint for the arena).
-    pub(crate) fn with_capacity(routes: usize, key_bytes: usize) -> NameIndex {
-        let len = routes.saturating_mul(2).next_power_of_two();
+    /// An index with room for `routes` routes.
+    ///
+    /// # Panics
+    ///
+    /// If `routes` is `u32::MAX / 2` or more.
+    pub(crate) fn with_capacity(routes: usize) -> NameIndex {
+        assert!(routes < u32::MAX as usize / 2, "NameIndex: too many routes");
         NameIndex {
-            slots: vec![EMPTY; len].into_boxed_slice(),
-            mask: len - 1,
-            arena: Vec::with_capacity(key_bytes.saturating_add(routes.saturating_mul(HEADER))),
+            tags: vec![EMPTY; routes * 2 + 1].into_boxed_slice(),
+            entries: vec![UNUSED; routes * 2 + 1].into_boxed_slice(),
+            suffixes: Vec::new(),
+            suffix_spans: Vec::new(),
+            spill: Vec::new(),
+            suffix_ids: HashMap::new(),
             wildcard_lens: [0; WORDS],
         }
     }
 
-    /// Frees the arena's unused capacity.
+    /// Ends the build: drops what only inserts need and frees unused
+    /// capacity.
     pub(crate) fn shrink_to_fit(&mut self) {
-        self.arena.shrink_to_fit();
+        self.suffix_ids = HashMap::new();
+        self.suffixes.shrink_to_fit();
+        self.suffix_spans.shrink_to_fit();
+        self.spill.shrink_to_fit();
     }
 
-    /// The two large allocations a lookup reads at random: the slots and
-    /// the arena, as (start, length in bytes).
-    pub(crate) fn regions(&self) -> [(*const u8, usize); 2] {
+    /// The large allocations a lookup reads at random, as (start, length
+    /// in bytes): the tags, the entries, and the spilled keys (often empty).
+    pub(crate) fn regions(&self) -> [(*const u8, usize); 3] {
         [
             (
-                self.slots.as_ptr().cast(),
-                std::mem::size_of_val(&*self.slots),
+                self.tags.as_ptr().cast(),
+                std::mem::size_of_val(&*self.tags),
             ),
-            (self.arena.as_ptr(), self.arena.len()),
+            (
+                self.entries.as_ptr().cast(),
+                std::mem::size_of_val(&*self.entries),
+            ),
+            (self.spill.as_ptr(), self.spill.len()),
         ]
+    }
+
+    /// The entry a probe for `hash` starts at: the high 32 bits scaled to
+    /// the entry count (which is below 2^32).
+    #[inline(always)]
+    fn home(&self, hash: u64) -> usize {
+        (((hash >> 32) * self.entries.len() as u64) >> 32) as usize
+    }
+
+    /// The entry after `i`, wrapping around.
+    #[inline(always)]
+    fn next(&self, i: usize) -> usize {
+        match i + 1 {
+            n if n == self.entries.len() => 0,
+            n => n,
+        }
     }
 
     /// Indexes `route` as route `id`; its key must be a valid normalized name.
@@ -113,7 +215,7 @@ impl NameIndex {
     /// # Errors
     ///
     /// `Ok(Err(first))`: the index of an earlier route with the same
-    /// pattern. `Err(ArenaFull)`: the keys would pass 4 GiB.
+    /// pattern. `Err(ArenaFull)`: the spilled keys would pass 4 GiB.
     ///
     /// # Panics
     ///
@@ -121,37 +223,90 @@ impl NameIndex {
     pub(crate) fn insert(&mut self, route: &Route, id: u32) -> Result<Result<(), u32>, ArenaFull> {
         let key = key(route);
         let hash = hash_name(key, route.kind);
-        let tag = hash as u32;
-        let mut i = (hash >> 32) as usize & self.mask;
-        for _ in 0..self.slots.len() {
-            let slot = self.slots[i];
-            if slot == EMPTY {
-                let offset = self.arena.len();
-                match u32::try_from(offset + HEADER + key.len()) {
-                    Ok(end) if end < u32::MAX => {}
-                    _ => return Err(ArenaFull),
-                }
-                // Keys are valid names, at most `MAX_NAME_LEN` bytes.
-                let len = key.len() as u8;
-                self.arena.extend_from_slice(&id.to_le_bytes());
-                self.arena.extend_from_slice(&[len, kind_byte(route.kind)]);
-                self.arena.extend_from_slice(key);
-                // Checked above: `offset < u32::MAX`.
-                self.slots[i] = u64::from(tag) << 32 | offset as u64;
+        let tag = tag(hash);
+        let mut i = self.home(hash);
+        for _ in 0..self.entries.len() {
+            if self.tags[i] == EMPTY {
+                let entry = self.entry(id, route.kind, key)?;
+                self.entries[i] = entry;
+                self.tags[i] = tag;
                 if route.kind == PatternKind::Wildcard {
                     let len = key.len();
                     self.wildcard_lens[len / 8] |= 0x80 << (8 * (7 - len % 8));
                 }
                 return Ok(Ok(()));
             }
-            if (slot >> 32) as u32 == tag {
-                if let Some(first) = self.entry_matches(slot as u32, route.kind, key) {
-                    return Ok(Err(first));
-                }
+            let entry = &self.entries[i];
+            if self.tags[i] == tag && self.entry_matches(entry, route.kind, key) {
+                return Ok(Err(entry.route));
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
         panic!("NameIndex::insert: more routes than the index was made for");
+    }
+
+    /// A new entry for `key`, interning its suffix or spilling it if it is
+    /// longer than [`INLINE`].
+    fn entry(&mut self, id: u32, kind: PatternKind, key: &[u8]) -> Result<Entry, ArenaFull> {
+        let mut entry = Entry {
+            route: id,
+            kind: kind_byte(kind),
+            ..UNUSED
+        };
+        // Keys are valid names, at most `MAX_NAME_LEN` (255) bytes.
+        if key.len() <= INLINE {
+            entry.len = key.len() as u8;
+            entry.inline[..key.len()].copy_from_slice(key);
+            return Ok(entry);
+        }
+        if let Some(at) = split(key) {
+            if let Some(suffix) = self.suffix_id(&key[at..]) {
+                entry.suffix = suffix;
+                entry.len = at as u8;
+                entry.inline[..at].copy_from_slice(&key[..at]);
+                return Ok(entry);
+            }
+        }
+        let offset = u32::try_from(self.spill.len()).map_err(|_| ArenaFull)?;
+        if self.spill.len() + key.len() > u32::MAX as usize {
+            return Err(ArenaFull);
+        }
+        self.spill.extend_from_slice(key);
+        entry.suffix = SPILLED;
+        entry.len = key.len() as u8;
+        entry.inline[..4].copy_from_slice(&offset.to_le_bytes());
+        Ok(entry)
+    }
+
+    /// The id of `suffix`, added if new, or `None` once
+    /// [`MAX_SUFFIXES`] are in use.
+    fn suffix_id(&mut self, suffix: &[u8]) -> Option<u16> {
+        // Consecutive routes usually share their suffix: skip the map.
+        if let Some(last) = self.suffix_spans.len().checked_sub(1) {
+            if self.suffix(last as u16) == suffix {
+                return Some(last as u16);
+            }
+        }
+        if let Some(&id) = self.suffix_ids.get(suffix) {
+            return Some(id);
+        }
+        let id = self.suffix_spans.len();
+        if id >= MAX_SUFFIXES {
+            return None;
+        }
+        // At most `MAX_SUFFIXES` suffixes of at most 255 bytes.
+        self.suffix_spans
+            .push((self.suffixes.len() as u32, suffix.len() as u8));
+        self.suffixes.extend_from_slice(suffix);
+        self.suffix_ids.insert(suffix.into(), id as u16);
+        Some(id as u16)
+    }
+
+    /// The bytes of shared suffix `id`.
+    #[inline(always)]
+    fn suffix(&self, id: u16) -> &[u8] {
+        let (offset, len) = self.suffix_spans[usize::from(id)];
+        &self.suffixes[offset as usize..offset as usize + usize::from(len)]
     }
 
     /// The route for `name` (raw SNI bytes) and how it matched; see
@@ -224,36 +379,44 @@ impl NameIndex {
     /// The route whose key is `name` ASCII-lower-cased, given its `hash`.
     #[inline(always)]
     fn probe(&self, hash: u64, kind: PatternKind, name: &[u8]) -> Option<u32> {
-        let tag = hash as u32;
-        let mut i = (hash >> 32) as usize & self.mask;
-        // Capacity is at least twice the routes, so an empty slot ends the probe.
+        let tag = tag(hash);
+        let mut i = self.home(hash);
+        // At most half the entries are used, so an unused one ends the probe.
         loop {
-            let slot = self.slots[i];
-            if slot == EMPTY {
+            let found = self.tags[i];
+            if found == EMPTY {
                 return None;
             }
-            if (slot >> 32) as u32 == tag {
-                if let Some(id) = self.entry_matches(slot as u32, kind, name) {
-                    return Some(id);
-                }
+            let entry = &self.entries[i];
+            if found == tag && self.entry_matches(entry, kind, name) {
+                return Some(entry.route);
             }
-            i = (i + 1) & self.mask;
+            i = self.next(i);
         }
     }
 
-    /// The route index of the entry at `offset` if its key is `name`
-    /// ASCII-lower-cased and its kind is `kind`.
+    /// Whether `entry`'s key is `name` ASCII-lower-cased and its kind is
+    /// `kind`.
     #[inline]
-    fn entry_matches(&self, offset: u32, kind: PatternKind, name: &[u8]) -> Option<u32> {
-        let offset = offset as usize;
-        let header = &self.arena[offset..offset + HEADER];
-        let len = usize::from(header[4]);
-        if len != name.len() || header[5] != kind_byte(kind) {
-            return None;
+    fn entry_matches(&self, entry: &Entry, kind: PatternKind, name: &[u8]) -> bool {
+        if entry.kind != kind_byte(kind) {
+            return false;
         }
-        let key = &self.arena[offset + HEADER..offset + HEADER + len];
-        eq_ignore_case(name, key)
-            .then(|| u32::from_le_bytes([header[0], header[1], header[2], header[3]]))
+        let len = usize::from(entry.len);
+        match entry.suffix {
+            WHOLE => eq_ignore_case(name, &entry.inline[..len]),
+            SPILLED => {
+                let [a, b, c, d, ..] = entry.inline;
+                let offset = u32::from_le_bytes([a, b, c, d]) as usize;
+                eq_ignore_case(name, &self.spill[offset..offset + len])
+            }
+            id => {
+                let suffix = self.suffix(id);
+                name.len() == len + suffix.len()
+                    && eq_ignore_case(&name[..len], &entry.inline[..len])
+                    && eq_ignore_case(&name[len..], suffix)
+            }
+        }
     }
 }
 
@@ -340,27 +503,32 @@ mod tests {
     }
 
     fn index(patterns: &[&str]) -> NameIndex {
-        let mut index = NameIndex::with_capacity(patterns.len(), 0);
+        let mut index = NameIndex::with_capacity(patterns.len());
         for (id, pattern) in patterns.iter().enumerate() {
             assert_eq!(index.insert(&route(pattern), id as u32), Ok(Ok(())));
         }
         index
     }
 
-    fn home(index: &NameIndex, hash: u64) -> usize {
-        (hash >> 32) as usize & index.mask
+    fn used(index: &NameIndex) -> impl Iterator<Item = (usize, &Entry)> {
+        index
+            .entries
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| index.tags[i] != EMPTY)
     }
 
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
 
         /// Many similar names (shared suffixes, lengths around word
-        /// boundaries): each is found under any case, and names one byte
-        /// off, or one label longer, are not.
+        /// boundaries, keys held whole, split or spilled): each is found
+        /// under any case, and names one byte off, or one label longer, are
+        /// not.
         #[test]
         fn finds_every_name_and_nothing_else(
-            labels in proptest::collection::vec("[a-z0-9-]{1,11}", 1..300),
-            suffix in "[a-z]{1,9}(\\.[a-z0-9]{1,9}){0,3}",
+            labels in proptest::collection::vec("[a-z0-9-]{1,11}|[a-z0-9-]{50,60}", 1..300),
+            suffix in "[a-z]{1,9}(\\.[a-z0-9]{1,20}){0,5}",
             upper in proptest::prelude::any::<u64>(),
         ) {
             let mut names: Vec<String> = labels.iter().map(|l| format!("{l}.{suffix}")).collect();
@@ -377,9 +545,12 @@ mod tests {
                     .collect();
                 proptest::prop_assert_eq!(index.find(mixed.as_bytes()), Some((i as u32, MatchKind::Exact)));
                 let longer = format!("x.{name}");
-                let mut changed = name.clone().into_bytes();
-                changed[0] = if changed[0] == b'q' { b'r' } else { b'q' };
-                for other in [longer.into_bytes(), changed] {
+                let mut first = name.clone().into_bytes();
+                first[0] = if first[0] == b'q' { b'r' } else { b'q' };
+                let mut last = name.clone().into_bytes();
+                let end = last.len() - 1;
+                last[end] = if last[end] == b'q' { b'r' } else { b'q' };
+                for other in [longer.into_bytes(), first, last] {
                     let found = index.find(&other).map(|(id, _)| id as usize);
                     let expected = names.iter().position(|n| n.as_bytes() == other.as_slice());
                     proptest::prop_assert_eq!(found, expected);
@@ -389,33 +560,33 @@ mod tests {
     }
 
     #[test]
-    fn capacity_is_a_power_of_two_at_least_twice_the_routes() {
-        for (routes, slots) in [(0, 1), (1, 2), (2, 4), (3, 8), (1000, 2048), (1024, 2048)] {
-            let index = NameIndex::with_capacity(routes, 0);
-            assert_eq!((index.slots.len(), index.mask), (slots, slots - 1));
+    fn at_most_half_the_entries_are_used() {
+        for routes in [0, 1, 2, 3, 1000, 1024] {
+            let index = NameIndex::with_capacity(routes);
+            assert_eq!(index.entries.len(), 2 * routes + 1);
         }
+        assert_eq!(std::mem::size_of::<Entry>(), 64);
         assert_eq!(Table::empty().lookup(b"a"), None);
     }
 
     #[test]
-    fn colliding_slots_probe_on() {
-        // 3000 routes in 8192 slots: many are off their home slot, behind
+    fn colliding_entries_probe_on() {
+        // 3000 routes in 6001 entries: many are off their home entry, behind
         // others, and every probe for a miss must walk past them.
         let names: Vec<String> = (0..3000).map(|i| format!("svc-{i}.dc1.consul")).collect();
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let index = index(&refs);
-        let used = index.slots.iter().filter(|&&s| s != EMPTY).count();
-        assert_eq!(used, 3000);
+        assert_eq!(used(&index).count(), 3000);
         let displaced = names
             .iter()
             .filter(|n| {
                 let hash = hash_name(n.as_bytes(), PatternKind::Exact);
-                (index.slots[home(&index, hash)] >> 32) as u32 != hash as u32
+                index.tags[index.home(hash)] != tag(hash)
             })
             .count();
         assert!(
             displaced > 100,
-            "only {displaced} routes off their home slot"
+            "only {displaced} routes off their home entry"
         );
         for (i, name) in names.iter().enumerate() {
             assert_eq!(
@@ -427,43 +598,48 @@ mod tests {
     }
 
     #[test]
-    fn probes_wrap_around_the_end_of_the_slots() {
-        // A name whose home is one of the last six of eight slots; fill the
-        // six slots from its home on with entries of other tags, put its
-        // entry after them (past the end, so at the start) and leave one
-        // slot empty to end probes for other names.
+    fn probes_wrap_around_the_end_of_the_entries() {
+        // 4 routes make 9 entries. A name whose home is one of the last six;
+        // fill the six entries from its home on with entries of other tags,
+        // put its entry after them (past the end, so at the start) and
+        // leave two unused to end probes for other names.
         let name = (0..)
             .map(|i| format!("n{i}.x"))
             .find(|n| {
                 let hash = hash_name(n.as_bytes(), PatternKind::Exact);
-                home(&NameIndex::with_capacity(4, 0), hash) >= 2
+                NameIndex::with_capacity(4).home(hash) >= 3
             })
             .unwrap();
         let hash = hash_name(name.as_bytes(), PatternKind::Exact);
-        let mut index = NameIndex::with_capacity(4, 0);
+        let mut index = NameIndex::with_capacity(4);
         assert_eq!(index.insert(&route(&name), 9), Ok(Ok(())));
-        let entry = index.slots.iter().copied().find(|&s| s != EMPTY).unwrap();
-        let start = home(&index, hash);
+        let (at, &entry) = used(&index).next().unwrap();
+        let tag = index.tags[at];
+        let start = index.home(hash);
+        let len = index.entries.len();
         for k in 0..6 {
-            index.slots[(start + k) & index.mask] = entry ^ (1 << 32);
+            index.entries[(start + k) % len] = entry;
+            index.tags[(start + k) % len] = tag ^ 2;
         }
-        let last = (start + 6) & index.mask;
+        let last = (start + 6) % len;
         assert!(last < start);
-        index.slots[last] = entry;
-        assert_eq!(index.slots.iter().filter(|&&s| s == EMPTY).count(), 1);
+        index.entries[last] = entry;
+        index.tags[last] = tag;
+        assert_eq!(used(&index).count(), 7);
         assert_eq!(index.find(name.as_bytes()), Some((9, MatchKind::Exact)));
         assert_eq!(index.find(b"other.x"), None);
     }
 
     #[test]
     fn same_tag_different_key_is_not_a_match() {
-        // Forge a slot with the tag of `b.c` that points at the entry of `a.c`.
+        // Forge an entry with the tag of `b.c` that holds the key `a.c`.
         let mut index = index(&["a.c"]);
-        let entry = index.slots.iter().copied().find(|&s| s != EMPTY).unwrap();
+        let entry = *used(&index).next().unwrap().1;
         let hash = hash_name(b"b.c", PatternKind::Exact);
-        let home = home(&index, hash);
-        index.slots.fill(EMPTY);
-        index.slots[home] = (hash & 0xffff_ffff) << 32 | (entry & 0xffff_ffff);
+        let home = index.home(hash);
+        index.tags.fill(EMPTY);
+        index.entries[home] = entry;
+        index.tags[home] = tag(hash);
         assert_eq!(index.find(b"b.c"), None);
         assert_eq!(index.find(b"a.c"), None);
     }
@@ -481,9 +657,62 @@ mod tests {
     }
 
     #[test]
-    fn entries_hold_index_length_kind_and_key() {
-        let index = index(&["a.b", "*.cd"]);
-        assert_eq!(index.arena, b"\0\0\0\0\x03\0a.b\x01\0\0\0\x02\x01cd");
+    fn long_keys_share_a_suffix_or_spill() {
+        let td = "7f42f496-1b2c-4d5e-8f90-a1b2c3d4e5f6.consul";
+        let long = "a".repeat(60);
+        let names = [
+            "a.b".to_owned(),
+            format!("api.default.dc1.internal.{td}"),
+            format!("*.dc12.internal.{td}"),
+            format!("{long}.x.consul"),
+            format!("db.billing.part-1.dc2.internal-v1.{td}"),
+        ];
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        let index = index(&refs);
+        let entry = |id: u32| *used(&index).find(|(_, e)| e.route == id).unwrap().1;
+        assert_eq!((entry(0).suffix, entry(0).len), (WHOLE, 3));
+        assert_eq!(&entry(0).inline[..3], b"a.b");
+        // The shortest suffix that leaves at most `INLINE` bytes: the
+        // trust domain (kept once, for two keys), or for a short prefix,
+        // only its last label.
+        assert_eq!(index.suffixes, format!("{td}consul").as_bytes());
+        let uuid = td.strip_suffix("consul").unwrap();
+        for (id, suffix, prefix) in [
+            (1, 0, "api.default.dc1.internal.".to_owned()),
+            (2, 1, format!("dc12.internal.{uuid}")),
+            (4, 0, "db.billing.part-1.dc2.internal-v1.".to_owned()),
+        ] {
+            assert_eq!(entry(id).suffix, suffix);
+            assert_eq!(&entry(id).inline[..prefix.len()], prefix.as_bytes());
+        }
+        assert_eq!(entry(2).kind, 1);
+        // No dot in the first `INLINE` bytes: the whole key spills.
+        assert_eq!((entry(3).suffix, entry(3).len), (SPILLED, 69));
+        assert_eq!(index.spill, names[3].as_bytes());
+        for (id, name) in names.iter().enumerate() {
+            let name = name
+                .strip_prefix("*.")
+                .map(|n| format!("q.{n}"))
+                .unwrap_or(name.clone());
+            assert_eq!(
+                index.find(name.to_uppercase().as_bytes()).map(|(r, _)| r),
+                Some(id as u32)
+            );
+        }
+        // Same prefix, other suffix of the same length; same suffix, other prefix.
+        let other_td = td.replace('7', "8");
+        assert_eq!(
+            index.find(format!("api.default.dc1.internal.{other_td}").as_bytes()),
+            None
+        );
+        assert_eq!(
+            index.find(format!("api.default.dc3.internal.{td}").as_bytes()),
+            None
+        );
+        assert_eq!(
+            index.find(format!("api.default.dc1.internal.{td}x").as_bytes()),
+            None
+        );
     }
 
     #[test]

@@ -60,5 +60,5 @@ pub use name::{MAX_LABEL_LEN, MAX_NAME_LEN};
 pub use snapshot::{check_successor, EndpointSpec, Format, RouteSpec, Snapshot};
 pub use table::{
     Endpoint, Match, MatchKind, PatternKind, Route, RouteId, Table, MAX_CONNECT_TIMEOUT_MS,
-    MAX_WEIGHT,
+    MAX_ROUTES, MAX_WEIGHT,
 };

@@ -26,6 +26,10 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 /// Largest `connect_timeout_ms` accepted (10 minutes).
 pub const MAX_CONNECT_TIMEOUT_MS: u64 = 600_000;
 
+/// Most routes a table holds (its index has twice as many entries, and
+/// counts them in 32 bits).
+pub const MAX_ROUTES: usize = u32::MAX as usize / 2 - 1;
+
 /// Index of a route in [`Table::routes`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RouteId(pub u32);
@@ -114,7 +118,7 @@ impl Table {
         Table {
             version: None,
             routes: Box::default(),
-            index: NameIndex::with_capacity(0, 0),
+            index: NameIndex::with_capacity(0),
         }
     }
 
@@ -173,16 +177,15 @@ impl Table {
         invalid: Option<SnapshotError>,
     ) -> Result<Table, SnapshotError> {
         let count = routes.len();
-        if u32::try_from(count).is_err() {
+        if count > MAX_ROUTES {
             return Err(SnapshotError::TooManyRoutes {
                 count,
-                max: u32::MAX as usize,
+                max: MAX_ROUTES,
             });
         }
-        let key_bytes = routes.iter().map(|r| r.sni.len()).sum();
-        let mut index = NameIndex::with_capacity(count, key_bytes);
+        let mut index = NameIndex::with_capacity(count);
         for (i, route) in routes.iter().enumerate() {
-            // Checked above: `i < count <= u32::MAX`.
+            // Checked above: `i < count <= MAX_ROUTES`.
             match index.insert(route, i as u32) {
                 Ok(Ok(())) => {}
                 Ok(Err(first)) => {
@@ -207,12 +210,12 @@ impl Table {
     }
 
     /// The memory a lookup reads at random, as (start, length in bytes):
-    /// the index's slots and its key arena. In a large table each lookup
-    /// lands on pages no other lookup touched recently, so with 4 KiB pages
-    /// it misses the TLB twice; a caller that owns the process's memory
+    /// the index's tags, its entries and its spilled keys (see `index.rs`;
+    /// usually empty). In a large table each lookup lands on a page no other lookup
+    /// touched recently, so with 4 KiB pages it misses the TLB; a caller that owns the process's memory
     /// policy (the data plane) can ask the kernel to back these ranges with
     /// huge pages. The pointers are valid as long as the table is.
-    pub fn lookup_memory(&self) -> [(*const u8, usize); 2] {
+    pub fn lookup_memory(&self) -> [(*const u8, usize); 3] {
         self.index.regions()
     }
 
