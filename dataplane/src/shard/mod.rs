@@ -154,8 +154,10 @@ pub struct Shard<D: Driver> {
     conns: Slab<Conn>,
     pipes: PipePool,
     timers: Timers,
-    /// When the slab last gave memory back (`shrink_if_empty`).
+    /// When the shard last gave memory back ([`Shard::give_back_memory`]).
     shrunk_ms: u64,
+    /// When to give memory back, put off by the once-a-second limit.
+    shrink_at: Option<u64>,
     stats: Arc<ShardStats>,
     routes: ShardRoutes,
     scratch: Box<[u8]>,
@@ -179,6 +181,8 @@ const ACCEPT_BACKOFF_MS: u64 = 50;
 const SHED_BATCH: usize = 256;
 /// How soon work waiting for a buffer or a pipe is retried.
 const STARVED_RETRY_MS: u64 = 10;
+/// Least time between two [`Shard::give_back_memory`] calls that free.
+const SHRINK_INTERVAL_MS: u64 = 1_000;
 /// At most one resource warning per shard per this many ms.
 const WARN_EVERY_MS: u64 = 1_000;
 
@@ -213,6 +217,7 @@ impl<D: Driver> Shard<D> {
             balancer,
             timers: Timers::default(),
             shrunk_ms: 0,
+            shrink_at: None,
             stats,
             routes,
             scratch: vec![0u8; MAX_HELLO_BYTES].into_boxed_slice(),
@@ -249,6 +254,9 @@ impl<D: Driver> Shard<D> {
             self.completions = completions;
             self.retry_starved();
             self.expire_timers();
+            if self.shrink_at.is_some_and(|at| self.now_ms >= at) {
+                self.give_back_memory();
+            }
             if self.draining_until.is_some() && self.conns.is_empty() {
                 return Ok(());
             }
@@ -261,6 +269,7 @@ impl<D: Driver> Shard<D> {
             self.pipes.next_trim(),
             self.accept_retry_at,
             self.draining_until,
+            self.shrink_at,
             // Work waiting for a buffer or pipe is retried soon even if
             // nothing else completes meanwhile.
             (!self.starved.is_empty()).then_some(self.now_ms + STARVED_RETRY_MS),
@@ -626,16 +635,6 @@ impl<D: Driver> Shard<D> {
         let Some(mut conn) = self.conns.remove(slot) else {
             return;
         };
-        if self.conns.is_empty() {
-            // Every deadline left is a closed connection's.
-            self.timers.clear();
-            // After a burst, give its memory back to the kernel (at most
-            // once a second: under churn a shard may empty often).
-            if self.now_ms >= self.shrunk_ms + 1000 && self.conns.shrink_if_empty() {
-                self.shrunk_ms = self.now_ms;
-                sys::return_free_memory();
-            }
-        }
         for dir in &mut conn.dirs {
             dir.release(&mut self.pipes, &mut self.driver, self.now_ms);
         }
@@ -673,7 +672,34 @@ impl<D: Driver> Shard<D> {
             ms = self.now_ms - conn.accepted_ms,
             "connection closed"
         );
-        // Dropping `conn` closes both sockets.
+        // Closes both sockets.
+        drop(conn);
+        if self.conns.is_empty() {
+            // Every deadline left is a closed connection's.
+            self.timers.clear();
+            self.give_back_memory();
+        }
+    }
+
+    /// After a burst, gives its memory back to the kernel: the slab's
+    /// chunks, then every page mimalloc holds free. At most once a second
+    /// (under churn a shard may empty often); an emptying that comes sooner
+    /// is put off to that second, not dropped, so a burst's memory never
+    /// stays behind because the shard last emptied too soon after the one
+    /// before.
+    fn give_back_memory(&mut self) {
+        self.shrink_at = None;
+        if !self.conns.can_shrink() {
+            return;
+        }
+        let allowed = self.shrunk_ms + SHRINK_INTERVAL_MS;
+        if self.now_ms < allowed {
+            self.shrink_at = Some(allowed);
+            return;
+        }
+        self.conns.shrink_if_empty();
+        self.shrunk_ms = self.now_ms;
+        sys::return_free_memory();
     }
 }
 
