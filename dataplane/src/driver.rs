@@ -191,6 +191,14 @@ pub trait Driver {
     );
     /// Cancels every operation on `fd`. Produces one completion for `token`.
     fn cancel_fd(&mut self, token: Token, fd: RawFd);
+    /// Gives back memory kept for descriptors no longer in use; the shard
+    /// calls it when its last connection after a burst has closed, with the
+    /// highest descriptor it still has operations on (a listener or its
+    /// wake eventfd): every one above is closed. Nothing to give back by
+    /// default.
+    fn release_idle_memory(&mut self, highest_open: RawFd) {
+        let _ = highest_open;
+    }
     /// The first `len` bytes of a buffer a receive filled.
     fn buffer(&self, group: Group, buffer: u16, len: usize) -> &[u8];
     /// Gives a buffer back to its group.

@@ -343,7 +343,11 @@ impl Epoll {
                 break;
             }
             self.connect_deadlines.pop();
-            let state = self.state(fd);
+            // Most deadlines outlive their connect; looking one up must not
+            // grow the table back (see `release_idle_memory`).
+            let Some(state) = usize::try_from(fd).ok().and_then(|i| self.fds.get_mut(i)) else {
+                continue;
+            };
             let pending =
                 matches!(state.write, Some(WriteOp::Connect { token: t, .. }) if t.0 == token);
             if pending {
@@ -490,6 +494,30 @@ impl Driver for Epoll {
     ) {
         self.complete(poll_token, -libc::EOPNOTSUPP, None, false);
         self.complete(token, -libc::EOPNOTSUPP, None, false);
+    }
+
+    fn release_idle_memory(&mut self, highest_open: RawFd) {
+        // The table is indexed by descriptor number, so after a burst its
+        // pages up to the highest number used stay resident with every
+        // connection gone (measured: about 2 MiB per gateway process after
+        // 9,000 connections). Descriptors above `highest_open` are closed,
+        // and the kernel dropped them from the epoll set as they closed, so
+        // their entries go, and the pages of the reservation beyond the
+        // rest go back to the kernel, to be touched again only as numbers
+        // are used again. (A fresh reservation would not do: the allocator
+        // hands back the old one's pages, still resident.)
+        let keep = usize::try_from(highest_open).map_or(0, |fd| fd + 1);
+        self.fds.truncate(keep);
+        sys::discard_pages(self.fds.spare_capacity_mut());
+        // Both queues grew with the burst (256 KiB each at 4,500
+        // connections), and the connects the deadlines were for are gone
+        // with their connections. Freed, not shrunk: a smaller copy made
+        // now would land on an allocator page with the burst's freed
+        // memory and keep all of that page resident.
+        self.connect_deadlines = BinaryHeap::new();
+        if self.ready.is_empty() {
+            self.ready = Vec::new();
+        }
     }
 
     fn cancel_fd(&mut self, token: Token, fd: RawFd) {

@@ -726,6 +726,29 @@ pub fn advise_huge_pages(start: *const u8, len: usize) -> io::Result<usize> {
     Ok(len)
 }
 
+/// Gives the kernel back the whole pages inside `spare`, the unused capacity
+/// of a long-lived reservation, after a burst touched them
+/// (`MADV_DONTNEED`): they stop counting in RSS and read as zeros if used
+/// again. Returns the bytes given back.
+///
+/// Sound for any `spare` borrowed mutably: the range advised lies wholly
+/// inside it (start rounded up, end rounded down to pages), so no other
+/// value's memory is touched, and it holds `MaybeUninit` values, for which
+/// zeros are as good as what was there.
+pub fn discard_pages<T>(spare: &mut [std::mem::MaybeUninit<T>]) -> usize {
+    const PAGE: usize = 4096;
+    let start = spare.as_mut_ptr() as usize;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let end = (start + std::mem::size_of_val(spare)) / PAGE * PAGE;
+    if end <= first {
+        return 0;
+    }
+    // SAFETY: see above; `first..end` is page aligned and inside `spare`,
+    // which is mapped (it is borrowed), so the call cannot fail.
+    let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
+    end - first
+}
+
 /// Gives the calling thread's free allocator memory back to the kernel now
 /// (mimalloc's `mi_collect(true)`), for a shard whose burst of connections
 /// has just ended: mimalloc otherwise keeps freed pages for reuse. The

@@ -77,6 +77,12 @@ impl Timers {
         self.heap.shrink_to(COMPACT_FLOOR);
     }
 
+    /// Drops every deadline and frees the heap: for a shard giving back a
+    /// burst's memory (not shrunk: see `Epoll::release_idle_memory`).
+    pub fn release(&mut self) {
+        self.heap = BinaryHeap::new();
+    }
+
     /// Removes and returns one deadline that is due at `now_ms`.
     pub fn pop_due(&mut self, now_ms: u64) -> Option<Deadline> {
         match self.heap.peek() {

@@ -18,7 +18,7 @@
 //!    released before its completion is reaped.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -682,7 +682,8 @@ impl<D: Driver> Shard<D> {
     }
 
     /// After a burst, gives its memory back to the kernel: the slab's
-    /// chunks, then every page mimalloc holds free. At most once a second
+    /// chunks, the timer heap, the engine's per-descriptor table and queues
+    /// (epoll), then every page mimalloc holds free. At most once a second
     /// (under churn a shard may empty often); an emptying that comes sooner
     /// is put off to that second, not dropped, so a burst's memory never
     /// stays behind because the shard last emptied too soon after the one
@@ -698,8 +699,20 @@ impl<D: Driver> Shard<D> {
             return;
         }
         self.conns.shrink_if_empty();
+        self.timers.release();
+        let highest_open = self
+            .listeners
+            .iter()
+            .flatten()
+            .map(|l| l.as_raw_fd())
+            .fold(self.wake.as_raw_fd(), RawFd::max);
+        self.driver.release_idle_memory(highest_open);
         self.shrunk_ms = self.now_ms;
         sys::return_free_memory();
+        debug!(
+            shard = self.cfg.id,
+            "connections all closed: memory given back"
+        );
     }
 }
 
