@@ -141,7 +141,7 @@ impl<T> Slab<T> {
     }
 
     /// Whether [`Slab::shrink_if_empty`] would free anything.
-    pub fn can_shrink(&self) -> bool {
+    fn can_shrink(&self) -> bool {
         self.len == 0 && self.chunks.len() > 1
     }
 

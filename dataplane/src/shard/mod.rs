@@ -681,16 +681,18 @@ impl<D: Driver> Shard<D> {
         }
     }
 
-    /// After a burst, gives its memory back to the kernel: the slab's
-    /// chunks, the timer heap, the engine's per-descriptor table and queues
-    /// (epoll), then every page mimalloc holds free. At most once a second
-    /// (under churn a shard may empty often); an emptying that comes sooner
-    /// is put off to that second, not dropped, so a burst's memory never
-    /// stays behind because the shard last emptied too soon after the one
-    /// before.
+    /// When the shard has no connection left, gives the memory its
+    /// connections used back to the kernel: after a burst, the slab's
+    /// chunks, the timer heap and the engine's per-descriptor table and
+    /// queues (epoll); in every case, every page mimalloc holds free (which
+    /// it would otherwise give back only on later allocator calls, and an
+    /// idle shard makes none). At most once a second (under churn a shard
+    /// may empty often); an emptying that comes sooner is put off to the end
+    /// of that second, not dropped, so memory never stays behind because the
+    /// shard last emptied too soon after the time before.
     fn give_back_memory(&mut self) {
         self.shrink_at = None;
-        if !self.conns.can_shrink() {
+        if !self.conns.is_empty() {
             return;
         }
         let allowed = self.shrunk_ms + SHRINK_INTERVAL_MS;
@@ -698,15 +700,16 @@ impl<D: Driver> Shard<D> {
             self.shrink_at = Some(allowed);
             return;
         }
-        self.conns.shrink_if_empty();
-        self.timers.release();
-        let highest_open = self
-            .listeners
-            .iter()
-            .flatten()
-            .map(|l| l.as_raw_fd())
-            .fold(self.wake.as_raw_fd(), RawFd::max);
-        self.driver.release_idle_memory(highest_open);
+        if self.conns.shrink_if_empty() {
+            self.timers.release();
+            let highest_open = self
+                .listeners
+                .iter()
+                .flatten()
+                .map(|l| l.as_raw_fd())
+                .fold(self.wake.as_raw_fd(), RawFd::max);
+            self.driver.release_idle_memory(highest_open);
+        }
         self.shrunk_ms = self.now_ms;
         sys::return_free_memory();
         debug!(
