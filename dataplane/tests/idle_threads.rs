@@ -106,15 +106,9 @@ fn idle_connections_start_no_threads(forward: Forward) {
     // pages that cost kilobytes per connection (transparent huge pages did: 2-3.6 KB).
     let per_conn = (gw.rss_kib().saturating_sub(rss_before) * 1024) / (2 * CONNECTIONS) as u64;
     eprintln!("{forward:?}: RSS growth {per_conn} bytes per idle connection");
-    // With THP set to `always` the kernel backs any 2 MiB region with a huge page, whatever
-    // the allocator advises: the bound does not apply there.
-    let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
-        .is_ok_and(|s| s.contains("[always]"));
-    if thp_always {
-        eprintln!("SKIP the memory bound: transparent huge pages are set to `always` here");
-    }
+    let bound = memory_bounds_apply("the memory bound");
     assert!(
-        thp_always || per_conn <= MAX_RSS_PER_IDLE_CONNECTION,
+        !bound || per_conn <= MAX_RSS_PER_IDLE_CONNECTION,
         "{forward:?}: RSS grew {per_conn} bytes per idle connection (at most {MAX_RSS_PER_IDLE_CONNECTION})"
     );
 

@@ -115,6 +115,19 @@ pub fn ipv6_available(what: &str) -> bool {
     }
 }
 
+/// Whether memory bounds can be checked here; when not, prints why the
+/// caller skips `what`. With transparent huge pages set to `always` the
+/// kernel backs any 2 MiB region with a huge page, whatever the allocator
+/// advises, so RSS moves in 2 MiB steps.
+pub fn memory_bounds_apply(what: &str) -> bool {
+    let thp_always = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| s.contains("[always]"));
+    if thp_always {
+        eprintln!("SKIP {what}: transparent huge pages are set to `always` here");
+    }
+    !thp_always
+}
+
 /// How a connection that the gateway should refuse ended, seen from the client.
 #[derive(Debug)]
 pub enum Refusal {
