@@ -145,23 +145,23 @@ standin_op "$NS1" '{"op":"register","name":"socat","id":"socat-1","address":"198
 standin_op "$NS1" '{"op":"register","name":"socat-sidecar-proxy","id":"socat-1-sidecar-proxy","kind":"connect-proxy","destination":"socat","address":"198.18.0.20","port":21000}'
 
 # ------------------------------------------------------------------ gateways
-gateway() { # NS NAME SERVICE LAN WAN ADMIN AGENT_ADMIN
-    local ns=$1 name=$2 service=$3 lan=$4 wan=$5
+gateway() { # NS NAME SERVICE ID LAN WAN ADMIN AGENT_ADMIN
+    local ns=$1 name=$2 service=$3 id=$4 lan=$5 wan=$6
     local routes="$WORK/$name-routes.json"
     echo '{"version": 0, "routes": []}' >"$routes"
     RUST_LOG=info NO_COLOR=1 bg "$ns" "$name" "$BIN/meshgate" serve --listen "$lan" --listen "$wan" \
-        --routes "$routes" --admin "$6" --shards 1 --access-log "$WORK/$name-access.log"
+        --routes "$routes" --admin "$7" --shards 1 --access-log "$WORK/$name-access.log"
     wait_for "$WORK/$name.log" "listening address=$wan"
     RUST_LOG=meshgate_agent=info NO_COLOR=1 bg "$ns" "$name-agent" "$BIN/meshgate-agent" \
-        --http-addr "http://$CONSUL" --routes "$routes" --admin "$7" \
-        --register --service "$service" --address "$lan" --wan-address "$wan"
+        --http-addr "http://$CONSUL" --routes "$routes" --admin "$8" \
+        --register --service "$service" --proxy-id "$id" --address "$lan" --wan-address "$wan"
     wait_for "$WORK/$name-agent.log" "first table in place"
-    say "$name: meshgate on $lan (LAN) and $wan (WAN), registered as kind mesh-gateway \"$service\""
+    say "$name: meshgate on $lan (LAN) and $wan (WAN), registered as kind mesh-gateway \"$service\" (ID \"$id\")"
 }
 step "mesh gateways: meshgate + meshgate-agent --register (two in dc1, one in dc2)"
-gateway "$NS1" dc1-gw-a mesh-gateway "$DC1_GW_LAN" "$DC1_GW_WAN" 127.0.0.1:19000 127.0.0.1:19100
-gateway "$NS1" dc1-gw-b mesh-gateway-b "$DC1_GW2_LAN" "$DC1_GW2_WAN" 127.0.0.1:19001 127.0.0.1:19101
-gateway "$NS2" dc2-gw mesh-gateway "$DC2_GW_LAN" "$DC2_GW_WAN" 127.0.0.1:19000 127.0.0.1:19100
+gateway "$NS1" dc1-gw-a mesh-gateway mesh-gateway "$DC1_GW_LAN" "$DC1_GW_WAN" 127.0.0.1:19000 127.0.0.1:19100
+gateway "$NS1" dc1-gw-b mesh-gateway mesh-gateway-b "$DC1_GW2_LAN" "$DC1_GW2_WAN" 127.0.0.1:19001 127.0.0.1:19101
+gateway "$NS2" dc2-gw mesh-gateway mesh-gateway "$DC2_GW_LAN" "$DC2_GW_WAN" 127.0.0.1:19000 127.0.0.1:19100
 wait_for "$WORK/dc1-gw-a-routes.json" "$SNI"
 wait_for "$WORK/dc2-gw-routes.json" "\*.dc1.internal.$TD"
 say "dc1's gateways route $SNI to $SOCAT"

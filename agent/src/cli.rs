@@ -93,9 +93,14 @@ pub struct Args {
     /// -gateway=mesh -register` does, and deregister it on SIGTERM/SIGINT.
     #[arg(long)]
     pub register: bool,
-    /// Service name of the registration (also its ID).
+    /// Service name of the registration.
     #[arg(long, value_name = "NAME", default_value = "mesh-gateway")]
     pub service: String,
+    /// Service ID of the registration (default: the service name), as
+    /// `consul connect envoy -proxy-id`: give each gateway of one service
+    /// that registers through the same Consul agent its own.
+    #[arg(long, value_name = "ID")]
+    pub proxy_id: Option<String>,
     /// LAN address `IP[:PORT]` (port default 8443): service address, `lan`
     /// tagged address and TCP check target.
     #[arg(long, value_name = "IP[:PORT]")]

@@ -112,8 +112,10 @@ impl ConsulSettings {
 /// `--register` settings, as `consul connect envoy -gateway=mesh -register`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    /// Service name and ID.
+    /// Service name.
     pub service: String,
+    /// Service ID: `--proxy-id`, or the service name.
+    pub id: String,
     /// LAN address (empty when `--address` is absent) and port.
     pub lan: (String, u16),
     /// WAN address (empty when `--wan-address` is absent) and port.
@@ -450,8 +452,16 @@ fn registration(args: &Args) -> Result<Registration, ConfigError> {
             format!("{:?} is not a Go duration", args.deregister_after_critical),
         ));
     }
+    let id = args
+        .proxy_id
+        .clone()
+        .unwrap_or_else(|| args.service.clone());
+    if id.is_empty() {
+        return Err(invalid("--proxy-id", "must not be empty".to_owned()));
+    }
     Ok(Registration {
         service: args.service.clone(),
+        id,
         lan,
         wan,
         deregister_after_critical: args.deregister_after_critical.clone(),
@@ -615,6 +625,18 @@ mod tests {
     }
 
     #[test]
+    fn proxy_id_names_the_registration() {
+        let a = args(&["--register", "--service", "gw", "--proxy-id", "gw-b"]);
+        let r = with_env(&a, &[]).unwrap().register.unwrap();
+        assert_eq!((r.service.as_str(), r.id.as_str()), ("gw", "gw-b"));
+        let a = args(&["--register", "--service", "gw"]);
+        assert_eq!(with_env(&a, &[]).unwrap().register.unwrap().id, "gw");
+        let a = args(&["--register", "--proxy-id", ""]);
+        let e = with_env(&a, &[]).unwrap_err().to_string();
+        assert!(e.contains("--proxy-id"), "{e}");
+    }
+
+    #[test]
     fn registration_addresses_default_to_port_8443() {
         let a = args(&[
             "--register",
@@ -624,7 +646,10 @@ mod tests {
             "[2001:db8::1]:443",
         ]);
         let r = with_env(&a, &[]).unwrap().register.unwrap();
-        assert_eq!(r.service, "mesh-gateway");
+        assert_eq!(
+            (r.service.as_str(), r.id.as_str()),
+            ("mesh-gateway", "mesh-gateway")
+        );
         assert_eq!(r.lan, ("10.1.0.5".into(), 8443));
         assert_eq!(r.wan, ("2001:db8::1".into(), 443));
         let a = args(&["--register", "--address", "gw.example:443"]);

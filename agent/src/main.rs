@@ -103,7 +103,7 @@ async fn run(settings: Settings) -> u8 {
     }
     let registration = match &settings.register {
         Some(r) => match register::body(r, &register::can_bind) {
-            Ok(b) => Some((r.service.clone(), b)),
+            Ok(b) => Some((r.id.clone(), b)),
             Err(e) => {
                 eprintln!("meshgate-agent: --address: {e}");
                 return EXIT_CONFIG;
@@ -164,12 +164,12 @@ async fn run(settings: Settings) -> u8 {
         _ = int.recv() => return 0,
     };
     tracing::info!(datacenter = %me.datacenter, partition = %me.partition, enterprise = me.enterprise, "gateway identity");
-    if let Some((service, body)) = &registration {
+    if let Some((id, body)) = &registration {
         tokio::select! {
             r = register::register(&ctx, body, ns, partition) => match r {
-                Ok(()) => tracing::info!(service = %service, "registered service"),
+                Ok(()) => tracing::info!(service_id = %id, "registered service"),
                 Err(e) => {
-                    eprintln!("meshgate-agent: registering {service:?}: {e}");
+                    eprintln!("meshgate-agent: registering {id:?}: {e}");
                     return EXIT_CONFIG;
                 }
             },
@@ -187,16 +187,16 @@ async fn run(settings: Settings) -> u8 {
     };
     tracing::info!(signal = which, "stopping");
     let _ = stop_tx.send(true);
-    if let Some((service, _)) = &registration {
+    if let Some((id, _)) = &registration {
         match tokio::time::timeout(
             DEREGISTER_TIMEOUT,
-            register::deregister(&ctx, service, ns, partition),
+            register::deregister(&ctx, id, ns, partition),
         )
         .await
         {
-            Ok(Ok(())) => tracing::info!(service = %service, "deregistered service"),
-            Ok(Err(e)) => tracing::warn!(service = %service, error = %e, "deregistration failed"),
-            Err(_) => tracing::warn!(service = %service, "deregistration timed out"),
+            Ok(Ok(())) => tracing::info!(service_id = %id, "deregistered service"),
+            Ok(Err(e)) => tracing::warn!(service_id = %id, error = %e, "deregistration failed"),
+            Err(_) => tracing::warn!(service_id = %id, "deregistration timed out"),
         }
     }
     let _ = serving.await;

@@ -2,7 +2,8 @@
 //! does (reference 6.1, `command/connect/envoy/envoy.go`), and
 //! deregistering it on a clean shutdown.
 //!
-//! The body: `Kind: mesh-gateway`, `Name` and `ID` = `--service`,
+//! The body: `Kind: mesh-gateway`, `Name` = `--service`, `ID` =
+//! `--proxy-id` (default: the service name),
 //! `Address`/`Port` = `--address` (port 8443 by default; without the flag,
 //! no address and port 8443), `TaggedAddresses.lan`/`.wan` for each address
 //! given, a TCP check `mesh-gateway listening` on the LAN address (or
@@ -68,7 +69,7 @@ pub fn body(r: &Registration, bindable: &dyn Fn(&str) -> bool) -> Result<Value, 
     };
     let mut svc = Map::new();
     svc.insert("Kind".into(), json!("mesh-gateway"));
-    svc.insert("ID".into(), json!(r.service));
+    svc.insert("ID".into(), json!(r.id));
     svc.insert("Name".into(), json!(r.service));
     if lan_port != 0 {
         svc.insert("Port".into(), json!(lan_port));
@@ -178,10 +179,24 @@ mod tests {
     fn reg(lan: &str, wan: &str) -> Registration {
         Registration {
             service: "mesh-gateway".into(),
+            id: "mesh-gateway".into(),
             lan: (lan.into(), 8443),
             wan: (wan.into(), 443),
             deregister_after_critical: "6h".into(),
         }
+    }
+
+    #[test]
+    fn proxy_id_is_the_id_and_the_service_the_name() {
+        let r = Registration {
+            id: "mesh-gateway-b".into(),
+            ..reg("", "")
+        };
+        let b = body(&r, &|_: &str| false).unwrap();
+        assert_eq!(
+            (&b["ID"], &b["Name"]),
+            (&json!("mesh-gateway-b"), &json!("mesh-gateway"))
+        );
     }
 
     #[test]

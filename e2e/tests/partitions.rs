@@ -109,6 +109,7 @@ fn partitions() {
         dir,
         &GatewaySpec {
             service: "mesh-gateway",
+            proxy_id: None,
             lan: GW_LAN,
             wan: FIN_GW_WAN,
             consul: &url,
@@ -121,6 +122,7 @@ fn partitions() {
         dir,
         &GatewaySpec {
             service: "mesh-gateway",
+            proxy_id: None,
             lan: GW_LAN,
             wan: DEF_GW_WAN,
             consul: &url,

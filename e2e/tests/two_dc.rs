@@ -225,6 +225,7 @@ fn two_dc() {
         dir,
         &GatewaySpec {
             service: "mesh-gateway",
+            proxy_id: None,
             lan: DC1_GW_A_LAN,
             wan: DC1_GW_A_WAN,
             consul: &consul_url,
@@ -236,9 +237,10 @@ fn two_dc() {
         &dc1,
         dir,
         &GatewaySpec {
-            // One stand-in agent node holds both registrations here; on
-            // real Consul each gateway's node has its own `mesh-gateway`.
-            service: "mesh-gateway-b",
+            // One stand-in agent node holds both registrations here, so
+            // the second has its own ID, as `-proxy-id` gives it.
+            service: "mesh-gateway",
+            proxy_id: Some("mesh-gateway-b"),
             lan: DC1_GW_B_LAN,
             wan: DC1_GW_B_WAN,
             consul: &consul_url,
@@ -251,6 +253,7 @@ fn two_dc() {
         dir,
         &GatewaySpec {
             service: "mesh-gateway",
+            proxy_id: None,
             lan: DC2_GW_LAN,
             wan: DC2_GW_WAN,
             consul: &consul_url,
@@ -281,13 +284,30 @@ fn two_dc() {
         .expect("catalog read")
         .json()
         .expect("JSON");
+    // Both gateways are instances of one service, told apart by ID.
+    let mut instances: Vec<(String, String, String)> = registered
+        .as_array()
+        .expect("an array of instances")
+        .iter()
+        .map(|e| {
+            let svc = &e["Service"];
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                text(&svc["ID"]),
+                text(&svc["Kind"]),
+                text(&svc["TaggedAddresses"]["wan"]["Address"]),
+            )
+        })
+        .collect();
+    instances.sort();
+    let wan_ip = |addr: &str| addr.split(':').next().unwrap_or_default().to_owned();
     assert_eq!(
-        registered[0]["Service"]["Kind"], "mesh-gateway",
-        "the agent registered the gateway as kind mesh-gateway: {registered}"
-    );
-    assert_eq!(
-        registered[0]["Service"]["TaggedAddresses"]["wan"]["Address"], "198.19.0.1",
-        "with its WAN address: {registered}"
+        instances,
+        vec![
+            ("mesh-gateway".into(), "mesh-gateway".into(), wan_ip(DC1_GW_A_WAN)),
+            ("mesh-gateway-b".into(), "mesh-gateway".into(), wan_ip(DC1_GW_B_WAN)),
+        ],
+        "the agents registered both gateways as kind mesh-gateway, with their WAN addresses: {registered}"
     );
 
     // Capture the WAN segment from here on.

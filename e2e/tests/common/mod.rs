@@ -144,8 +144,10 @@ pub struct Gateway {
 }
 
 pub struct GatewaySpec<'a> {
-    /// Service name of the registration (also its ID).
+    /// Service name of the registration.
     pub service: &'a str,
+    /// Its service ID (`--proxy-id`), when not the service name.
+    pub proxy_id: Option<&'a str>,
     pub lan: &'a str,
     pub wan: &'a str,
     pub consul: &'a str,
@@ -206,6 +208,9 @@ impl Gateway {
         ];
         if let Some(p) = spec.partition {
             args.extend(["--partition", p]);
+        }
+        if let Some(id) = spec.proxy_id {
+            args.extend(["--proxy-id", id]);
         }
         let agent = spawn_in(
             ns,
