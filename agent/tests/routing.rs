@@ -364,6 +364,8 @@ fn registers_like_consul_connect_envoy_with_the_token_file_and_deregisters_on_si
                 "--register",
                 "--service",
                 "edge-gw",
+                "--proxy-id",
+                "edge-gw-1",
                 "--address",
                 &lan_addr.to_string(),
                 "--wan-address",
@@ -391,7 +393,9 @@ fn registers_like_consul_connect_envoy_with_the_token_file_and_deregisters_on_si
             .unwrap();
         let svc = &health[0]["Service"];
         assert_eq!(svc["Kind"], "mesh-gateway");
-        assert_eq!(svc["ID"], "edge-gw");
+        // `--proxy-id` is the ID (deregistration below must use it: by the
+        // name, Consul answers 404 and the instance stays).
+        assert_eq!(svc["ID"], "edge-gw-1");
         assert_eq!(svc["Service"], "edge-gw");
         assert_eq!(svc["Address"], "127.0.0.1");
         assert_eq!(svc["Port"], lan_addr.port());
@@ -411,7 +415,7 @@ fn registers_like_consul_connect_envoy_with_the_token_file_and_deregisters_on_si
             .as_array()
             .unwrap()
             .iter()
-            .find(|c| c["ServiceID"] == "edge-gw")
+            .find(|c| c["ServiceID"] == "edge-gw-1")
             .expect("the gateway's check")
             .clone();
         assert_eq!(check["Name"], "mesh-gateway listening");
