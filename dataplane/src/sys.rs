@@ -736,17 +736,20 @@ pub fn advise_huge_pages(start: *const u8, len: usize) -> io::Result<usize> {
 /// value's memory is touched, and it holds `MaybeUninit` values, for which
 /// zeros are as good as what was there.
 pub fn discard_pages<T>(spare: &mut [std::mem::MaybeUninit<T>]) -> usize {
-    const PAGE: usize = 4096;
+    // SAFETY: `sysconf` only reads a system constant.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     let start = spare.as_mut_ptr() as usize;
-    let first = start.div_ceil(PAGE) * PAGE;
-    let end = (start + std::mem::size_of_val(spare)) / PAGE * PAGE;
+    let first = start.div_ceil(page) * page;
+    let end = (start + std::mem::size_of_val(spare)) / page * page;
     if end <= first {
         return 0;
     }
     // SAFETY: see above; `first..end` is page aligned and inside `spare`,
-    // which is mapped (it is borrowed), so the call cannot fail.
-    let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) };
-    end - first
+    // which is mapped (it is borrowed).
+    match unsafe { libc::madvise(first as *mut libc::c_void, end - first, libc::MADV_DONTNEED) } {
+        0 => end - first,
+        _ => 0,
+    }
 }
 
 /// Gives the calling thread's free allocator memory back to the kernel now
@@ -758,4 +761,25 @@ pub fn return_free_memory() {
     // SAFETY: `mi_collect` takes no pointers and is safe to call from any
     // thread at any time; it only frees memory no allocation refers to.
     unsafe { libmimalloc_sys::mi_collect(true) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discarded_spare_capacity_is_reusable_and_the_kept_part_intact() {
+        let mut v: Vec<u64> = Vec::with_capacity(1 << 20);
+        v.extend(0..1 << 20);
+        v.truncate(100);
+        let spare = std::mem::size_of_val(v.spare_capacity_mut());
+        let given = discard_pages(v.spare_capacity_mut());
+        // All but the partial pages at either end of 8 MiB.
+        assert!(given > spare / 2 && given <= spare, "{given} of {spare}");
+        assert_eq!(given % 4096, 0);
+        assert!((0..100).eq(v.iter().copied()));
+        v.extend(100..1 << 20);
+        assert!((0..1 << 20).eq(v.iter().copied()));
+        assert_eq!(discard_pages::<u8>(&mut []), 0);
+    }
 }
