@@ -1,4 +1,5 @@
-//! Routing table benches: lookup (exact hit, wildcard hit, miss), build, and
+//! Routing table benches: lookup (exact hit, wildcard hit, miss, and from
+//! 100k routes an exact hit on names spread wider than the caches), build, and
 //! JSON snapshot decode, for 1k, 10k and 100k realistic Consul routes (1M
 //! with `MESHGATE_BENCH_1M=1`). Bytes per route: `cargo run --release -p
 //! routing-table --example table_memory`. On a shared machine, wall times
@@ -26,6 +27,21 @@ fn lookups(c: &mut Criterion) {
                     black_box(table.lookup(black_box(names[k].as_bytes())).map(|m| m.id))
                 })
             });
+        }
+        // Cold: exact hits on names spread over the table, in random order.
+        if n >= 100_000 {
+            let names = support::spread_names(&table);
+            let mut k = 0;
+            group.bench_with_input(
+                BenchmarkId::new("exact_hit_spread", n),
+                &names,
+                |b, names| {
+                    b.iter(|| {
+                        k = (k + 1) % names.len();
+                        black_box(table.lookup(black_box(names[k].as_bytes())).map(|m| m.id))
+                    })
+                },
+            );
         }
     }
     group.finish();

@@ -149,3 +149,33 @@ pub fn lookup_cases(table: &routing_table::Table) -> [(&'static str, Vec<String>
     }
     cases
 }
+
+/// Names looked up by the "spread" case: more than any cache holds.
+pub const SPREAD_POOL: usize = 262_144;
+
+/// [`SPREAD_POOL`] exact-hit names spread evenly over the service routes of
+/// `table` (built from [`snapshot`]), in a fixed random order: every lookup
+/// then misses the caches, on the index and on the name, as a gateway's
+/// lookups do when its traffic is spread over more routes than its caches
+/// hold.
+pub fn spread_names(table: &routing_table::Table) -> Vec<String> {
+    let wildcards = table
+        .routes()
+        .iter()
+        .filter(|r| r.sni.starts_with("*."))
+        .count();
+    let service_routes = table.len() - wildcards;
+    let step = (service_routes / SPREAD_POOL).max(1);
+    let mut names: Vec<String> = (0..SPREAD_POOL)
+        .map(|k| service_name(k * step % service_routes))
+        .collect();
+    // Fisher-Yates with a fixed xorshift: the same order every run.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..names.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        names.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    names
+}
