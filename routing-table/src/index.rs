@@ -6,10 +6,12 @@
 //! at most half used, linear probing: 4-byte tags (32 bits of the pattern's
 //! [name hash](crate::hash), or empty), 16 to a cache line, which is all a
 //! miss reads; and 64-byte entries, one cache line each, holding the route
-//! index and the key itself. Both addresses follow from the hash, so a hit
-//! waits for one memory access, not two in turn: the earlier layout (8-byte
-//! slots pointing into an arena of keys) read the slot, then the key, and at
-//! a million routes that second dependent miss cost a third of a lookup.
+//! index and the key itself. Both addresses follow from the hash, so the
+//! two reads of a hit need not wait on each other: the earlier layout
+//! (8-byte slots pointing into an arena of keys) read the slot, then the
+//! key, and at a million routes (cached) that cost a third of a lookup.
+//! When every lookup misses the caches the gain is gone (BENCHMARKS.md,
+//! `exact_hit_spread`).
 //!
 //! A key of up to 56 bytes is held whole. A longer one (a Consul name is a
 //! prefix plus the 43-byte trust domain `<uuid>.consul`) is split after the
