@@ -119,20 +119,8 @@ pub const POOL: usize = 4096;
 /// wildcard hits and misses, [`POOL`] names each, spread over the table.
 /// Panics if a name does not match as its case says.
 pub fn lookup_cases(table: &routing_table::Table) -> [(&'static str, Vec<String>); 3] {
-    let wildcards = table
-        .routes()
-        .iter()
-        .filter(|r| r.sni.starts_with("*."))
-        .count();
-    let service_routes = table.len() - wildcards;
-    let step = (service_routes / POOL).max(1);
     let cases = [
-        (
-            "exact_hit",
-            (0..POOL)
-                .map(|k| service_name(k * step % service_routes))
-                .collect::<Vec<_>>(),
-        ),
+        ("exact_hit", exact_names(table, POOL)),
         ("wildcard_hit", (0..POOL).map(wildcard_hit).collect()),
         ("miss", (0..POOL).map(miss).collect()),
     ];
@@ -150,6 +138,21 @@ pub fn lookup_cases(table: &routing_table::Table) -> [(&'static str, Vec<String>
     cases
 }
 
+/// `count` names of service routes of `table` (built from [`snapshot`]),
+/// spread evenly over them (each name more than once when `count` is larger).
+fn exact_names(table: &routing_table::Table, count: usize) -> Vec<String> {
+    let wildcards = table
+        .routes()
+        .iter()
+        .filter(|r| r.sni.starts_with("*."))
+        .count();
+    let service_routes = table.len() - wildcards;
+    let step = (service_routes / count).max(1);
+    (0..count)
+        .map(|k| service_name(k * step % service_routes))
+        .collect()
+}
+
 /// Names looked up by the "spread" case: more than any cache holds.
 pub const SPREAD_POOL: usize = 262_144;
 
@@ -159,16 +162,7 @@ pub const SPREAD_POOL: usize = 262_144;
 /// lookups do when its traffic is spread over more routes than its caches
 /// hold.
 pub fn spread_names(table: &routing_table::Table) -> Vec<String> {
-    let wildcards = table
-        .routes()
-        .iter()
-        .filter(|r| r.sni.starts_with("*."))
-        .count();
-    let service_routes = table.len() - wildcards;
-    let step = (service_routes / SPREAD_POOL).max(1);
-    let mut names: Vec<String> = (0..SPREAD_POOL)
-        .map(|k| service_name(k * step % service_routes))
-        .collect();
+    let mut names = exact_names(table, SPREAD_POOL);
     // Fisher-Yates with a fixed xorshift: the same order every run.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     for i in (1..names.len()).rev() {
