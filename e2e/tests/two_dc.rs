@@ -509,6 +509,32 @@ fn two_dc() {
     } = gw_b;
     drop(b_meshgate);
     drop(b_agent);
+    // The kernel tears a killed process's io_uring down after the process
+    // has exited, and until then its listener still completes handshakes
+    // (then resets them): b is stopped once its WAN address refuses.
+    let b_wan: std::net::SocketAddr = DC1_GW_B_WAN.parse().unwrap();
+    let refuses = || {
+        matches!(
+            std::net::TcpStream::connect_timeout(&b_wan, Duration::from_secs(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stopped = dc2
+        .run(|| loop {
+            if refuses() {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            std::thread::yield_now();
+        })
+        .expect("enter dc2");
+    assert!(
+        stopped,
+        "dc1's gateway b still accepts 10 s after it was killed"
+    );
     let refused_before = metric(&dc2, gw2.admin, "meshgate_upstream_connect_refused_total");
     let mut i = 0;
     while metric(&dc2, gw2.admin, "meshgate_upstream_connect_refused_total") == refused_before {
