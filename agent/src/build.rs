@@ -167,6 +167,8 @@ pub fn build(view: &CatalogView) -> Option<Snapshot> {
     routes.sort_by(|a, b| a.sni.cmp(&b.sni));
     Some(drop_invalid(Snapshot {
         version: None,
+        allow_empty: false,
+        allow_drop: false,
         routes,
     }))
 }

@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use routing_table::{Format, RouteSpec, Snapshot};
+use routing_table::{drops_most, Format, RouteSpec, Snapshot};
 
 /// Why the routes file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -113,8 +113,15 @@ impl Writer {
             return Ok(Offered::Unchanged);
         }
         let version = self.version + 1;
+        // The table is what Consul says, so the file says it means it when
+        // it is empty or loses most routes at once (the data plane refuses
+        // such a file otherwise). With nothing known on disk to compare
+        // against, a drop cannot be told apart from a first table.
+        let previous = self.routes.as_ref().map(Vec::len);
         let out = Snapshot {
             version: Some(version),
+            allow_empty: snapshot.routes.is_empty(),
+            allow_drop: previous.is_none_or(|p| drops_most(p, snapshot.routes.len())),
             routes: snapshot.routes.clone(),
         };
         let mut text = out.to_json();
@@ -188,6 +195,8 @@ mod tests {
     fn snap(addr: &str) -> Snapshot {
         Snapshot {
             version: None,
+            allow_empty: false,
+            allow_drop: false,
             routes: vec![RouteSpec {
                 sni: "api.default.dc1.internal.11111111-2222-3333-4444-555555555555.consul".into(),
                 endpoints: vec![EndpointSpec::Addr(addr.into())],
@@ -222,6 +231,35 @@ mod tests {
         let mut w = Writer::open(&path);
         assert_eq!(w.version(), 41);
         assert_eq!(w.offer(&snap("127.0.0.1:3")).unwrap(), Offered::Written(42));
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_empty_table_or_a_large_drop_is_written_as_meant() {
+        let d = dir("intent");
+        let path = d.join("routes.json");
+        let many = |n: usize| Snapshot {
+            routes: (0..n)
+                .map(|i| RouteSpec {
+                    sni: format!("s{i}.example"),
+                    endpoints: vec![EndpointSpec::Addr(format!("127.0.0.1:{}", 1000 + i))],
+                    connect_timeout_ms: None,
+                    lb_policy: None,
+                })
+                .collect(),
+            ..Snapshot::default()
+        };
+        let on_disk =
+            || Snapshot::parse(&fs::read_to_string(&path).unwrap(), Format::Json).unwrap();
+        let mut w = Writer::open(&path);
+        w.offer(&many(20)).unwrap();
+        assert!(!on_disk().allow_empty);
+        w.offer(&many(12)).unwrap();
+        assert!(!on_disk().allow_drop, "12 of 20 is not most");
+        w.offer(&many(5)).unwrap();
+        assert!(on_disk().allow_drop, "5 of 12 is");
+        w.offer(&many(0)).unwrap();
+        assert!(on_disk().allow_empty);
         let _ = fs::remove_dir_all(&d);
     }
 

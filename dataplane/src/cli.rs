@@ -25,11 +25,18 @@ pub enum Command {
     /// Run the gateway: listen, route by SNI, forward.
     Serve(ServeArgs),
     /// Validate a routes file and exit (0 when valid, 64 with the first
-    /// problem otherwise).
+    /// problem otherwise). A file with no routes must say `allow_empty =
+    /// true`. With `--against`, also check the rules a reload applies
+    /// before it replaces the table in use: the version may not go down or
+    /// disappear, and a file that keeps fewer than half of 10 or more
+    /// routes must say `allow_drop = true`.
     Check {
         /// Routes file (TOML or JSON, by extension).
         #[arg(long)]
         routes: PathBuf,
+        /// The routes file in use, which `--routes` would replace.
+        #[arg(long, value_name = "FILE")]
+        against: Option<PathBuf>,
     },
     /// Show which route a server name matches in a routes file, as one line
     /// of JSON; exit 1 with `no route for NAME` when none does.
@@ -46,8 +53,11 @@ pub enum Command {
     ///
     /// Precedence, as in Consul: the upstream's `mesh_gateway`, then the
     /// service instance's `proxy.mesh_gateway`, then `service-defaults`, then
-    /// `proxy-defaults`; `none` when nothing sets it. Example: `meshgate path
-    /// --service web --upstream api --config ./consul-config --datacenter dc2`.
+    /// `proxy-defaults`; `none` when nothing sets it. Exit 1 when the
+    /// service has no sidecar or the sidecar no such upstream, 64 for a bad
+    /// file, 66 when the directory cannot be read. Example: `meshgate path
+    /// --service web --upstream socat --config examples/consul-config
+    /// --datacenter dc2`.
     Path {
         /// The service whose sidecar dials.
         #[arg(long)]
@@ -61,7 +71,7 @@ pub enum Command {
         /// The service's datacenter (for the hops and the SNI).
         #[arg(long)]
         datacenter: Option<String>,
-        /// The trust domain (for the SNI line).
+        /// The trust domain (for the SNI and the hops).
         #[arg(long)]
         trust_domain: Option<String>,
     },

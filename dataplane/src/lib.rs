@@ -16,6 +16,7 @@ mod driver;
 mod epoll;
 mod forward;
 pub mod hello;
+mod listen;
 mod path;
 mod pipes;
 mod serve;
@@ -55,7 +56,7 @@ pub fn run() -> ExitCode {
                 ExitCode::from(e.exit_code() as u8)
             }
         },
-        cli::Command::Check { routes } => match serve::load_routes(&routes) {
+        cli::Command::Check { routes, against } => match serve::check_routes(&routes, against.as_deref()) {
             Ok(table) => {
                 println!(
                     "{}: ok, {} routes, version {}",

@@ -19,8 +19,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use routing_table::{check_successor, Format, Table};
-use socket2::{Domain, Protocol, Socket, Type};
+use routing_table::{check_alone, check_replacement, Format, Table};
 use tracing::{debug, error, info, warn};
 
 use crate::accesslog::AccessLog;
@@ -31,6 +30,7 @@ use crate::forward::ForwardMode;
 use crate::shard::{Shard, ShardConfig, Shared};
 use crate::stats::ShardStats;
 use crate::sys;
+use crate::listen::bind_all;
 use crate::upgrade;
 use crate::uring::{Uring, UringConfig};
 
@@ -84,11 +84,13 @@ impl fmt::Display for ServeError {
 /// without bound.
 pub const MAX_ROUTES_FILE_BYTES: u64 = 1 << 30;
 
-/// Reads and builds a routes file.
+/// Reads and builds a routes file, and checks the rules a file must meet
+/// on its own ([`check_alone`]: a file with no routes must say
+/// `allow_empty = true`).
 ///
 /// # Errors
 /// `Unreadable` when the file cannot be read, `Routes` (naming the file and
-/// the field) when it does not validate or is larger than
+/// the field) when it does not validate, breaks a rule or is larger than
 /// 1 GiB.
 pub fn load_routes(path: &Path) -> Result<Table, ServeError> {
     use std::io::Read as _;
@@ -119,9 +121,26 @@ pub fn load_routes(path: &Path) -> Result<Table, ServeError> {
         return Err(too_large());
     }
     let table = Table::parse(&text, format)
+        .and_then(|t| check_alone(&t).map(|()| t))
         .map_err(|e| ServeError::Routes(format!("{}: {e}", path.display())))?;
     drop(text);
     huge_pages(&table);
+    Ok(table)
+}
+
+/// `meshgate check`: [`load_routes`], then, with `against` (the file in
+/// use), the rules of a reload ([`check_replacement`]).
+///
+/// # Errors
+/// As [`load_routes`], for either file; `Routes` naming `routes` when the
+/// replacement is refused.
+pub fn check_routes(routes: &Path, against: Option<&Path>) -> Result<Table, ServeError> {
+    let table = load_routes(routes)?;
+    if let Some(current) = against {
+        let current = load_routes(current)?;
+        check_replacement(&current, &table)
+            .map_err(|e| ServeError::Routes(format!("{}: {e}", routes.display())))?;
+    }
     Ok(table)
 }
 
@@ -463,76 +482,6 @@ fn spawn_shard(
         .map_err(|e| ServeError::Internal(format!("spawning a shard thread: {e}")))
 }
 
-/// Gives every shard one listening socket per address: inherited sockets
-/// bound to that exact address first (extra ones are spread over the shards,
-/// so no accept queue is dropped), then fresh `SO_REUSEPORT` binds. A port 0
-/// is resolved by the first bind and reused for the rest. Returns the bound
-/// addresses and, per shard, its sockets.
-fn bind_all(
-    addrs: &[SocketAddr],
-    shards: usize,
-    mut inherited: Vec<(SocketAddr, OwnedFd)>,
-) -> Result<(Vec<SocketAddr>, Vec<Vec<OwnedFd>>), ServeError> {
-    let mut per_shard: Vec<Vec<OwnedFd>> = (0..shards).map(|_| Vec::new()).collect();
-    let mut bound = Vec::with_capacity(addrs.len());
-    for addr in addrs {
-        let mut mine: Vec<OwnedFd> = Vec::new();
-        let mut rest = Vec::with_capacity(inherited.len());
-        for (a, fd) in inherited.drain(..) {
-            if a == *addr && addr.port() != 0 {
-                mine.push(fd);
-            } else {
-                rest.push((a, fd));
-            }
-        }
-        inherited = rest;
-        let mut actual = *addr;
-        for sockets in per_shard.iter_mut() {
-            if let Some(fd) = mine.pop() {
-                sockets.push(fd);
-                continue;
-            }
-            let socket = bind_one(&actual)
-                .map_err(|e| ServeError::Bind(format!("cannot listen on {addr}: {e}")))?;
-            if actual.port() == 0 {
-                actual = socket
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket())
-                    .ok_or_else(|| {
-                        ServeError::Bind(format!("cannot learn the port bound for {addr}"))
-                    })?;
-            }
-            sockets.push(OwnedFd::from(socket));
-        }
-        for (i, fd) in mine.into_iter().enumerate() {
-            per_shard[i % shards].push(fd);
-        }
-        bound.push(actual);
-    }
-    for (addr, _) in &inherited {
-        warn!(address = %addr, "inherited listening socket not in --listen; closing it");
-    }
-    Ok((bound, per_shard))
-}
-
-fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
-    let socket = Socket::new(
-        Domain::for_address(*addr),
-        Type::STREAM.cloexec(),
-        Some(Protocol::TCP),
-    )?;
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    socket.set_nonblocking(true)?;
-    socket.bind(&(*addr).into())?;
-    socket.listen(4096)?;
-    Ok(socket)
-}
-
 /// Watches the routes file and signals until SIGTERM or SIGINT.
 /// Watches the directory of the routes file (a control plane renames a new
 /// file over the old one, which changes the inode a file watch would hold).
@@ -615,7 +564,7 @@ fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
         }
     };
     let current = shared.table.load();
-    if let Err(e) = check_successor(current.version(), table.version()) {
+    if let Err(e) = check_replacement(&current, &table) {
         error!(error = %format!("{}: {e}", routes.display()), "routes refused; keeping the current table");
         return;
     }

@@ -232,6 +232,8 @@ mod tests {
         };
         let snapshot = Snapshot {
             version: Some(1),
+            allow_empty: false,
+            allow_drop: false,
             routes: vec![
                 route(gateway_wildcard("dc2", "", TD)),
                 route(gateway_wildcard("dc2", "team-a", TD)),

@@ -56,6 +56,40 @@ pub enum SnapshotError {
         /// Version of the refused snapshot.
         offered: u64,
     },
+    /// The text is empty (or only whitespace): a file caught half-written,
+    /// or truncated, never a table.
+    #[error("the {format} routes file is empty (no version, no routes)")]
+    EmptyText {
+        /// The format the text was to be parsed as.
+        format: Format,
+    },
+    /// The file has no routes and does not say `allow_empty = true`.
+    #[error(
+        "routes: none; a table with no routes refuses every connection: \
+         set allow_empty = true in the file to serve none on purpose"
+    )]
+    NoRoutes,
+    /// The file has no `version` but the table in use has one.
+    #[error(
+        "version: missing, and the table in use has version {current}: \
+         a file without a version cannot replace a versioned table"
+    )]
+    VersionMissing {
+        /// Version of the table in use.
+        current: u64,
+    },
+    /// The file keeps fewer than half of the routes of the table in use
+    /// and does not say `allow_drop = true`.
+    #[error(
+        "routes: {offered} routes would replace {current}, removing more than half \
+         at once: set allow_drop = true in the file to do that on purpose"
+    )]
+    DropsMost {
+        /// Routes in the table in use.
+        current: usize,
+        /// Routes in the refused file.
+        offered: usize,
+    },
     /// More routes than one table holds: at most
     /// [`MAX_ROUTES`](crate::MAX_ROUTES), and the index keeps at most 4 GiB
     /// of long names that share no suffix (then `max` is the number of

@@ -34,11 +34,11 @@ pub(crate) fn parse_routes(text: &str) -> Option<Validated> {
         index: 0,
         error: None,
     };
-    let (version, routes, building) = read(text, building)?;
+    let (header, routes, building) = read(text, building)?;
     // `Building::route` gives `None` from the first invalid route on.
     let routes = routes.into_iter().map_while(|route| route).collect();
     Some(Validated {
-        version,
+        header,
         routes,
         error: building.error,
     })
@@ -46,8 +46,8 @@ pub(crate) fn parse_routes(text: &str) -> Option<Validated> {
 
 /// What [`parse_routes`] read.
 pub(crate) struct Validated {
-    /// The snapshot's version.
-    pub(crate) version: Option<u64>,
+    /// The snapshot's version and intent flags.
+    pub(crate) header: Header,
     /// The valid routes before the first invalid one, in order.
     pub(crate) routes: Vec<table::Route>,
     /// Why the first invalid route is invalid.
@@ -60,17 +60,33 @@ pub(crate) fn parse_owned(text: &str) -> Option<snapshot::Snapshot> {
     let owned = Owned {
         endpoints: Vec::new(),
     };
-    let (version, routes, _) = read(text, owned)?;
-    Some(snapshot::Snapshot { version, routes })
+    let (header, routes, _) = read(text, owned)?;
+    Some(snapshot::Snapshot {
+        version: header.version,
+        allow_empty: header.allow_empty,
+        allow_drop: header.allow_drop,
+        routes,
+    })
+}
+
+/// The top-level members of a snapshot other than its routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Header {
+    /// `version`, if present.
+    pub(crate) version: Option<u64>,
+    /// `allow_empty`, false when absent.
+    pub(crate) allow_empty: bool,
+    /// `allow_drop`, false when absent.
+    pub(crate) allow_drop: bool,
 }
 
 /// Reads the whole of `text` into `sink`.
-fn read<'a, S: Sink<'a>>(text: &'a str, sink: S) -> Option<(Option<u64>, Vec<S::Route>, S)> {
+fn read<'a, S: Sink<'a>>(text: &'a str, sink: S) -> Option<(Header, Vec<S::Route>, S)> {
     let mut reader = Reader { text, at: 0, sink };
     reader.whitespace();
-    let (version, routes) = reader.snapshot()?;
+    let (header, routes) = reader.snapshot()?;
     reader.whitespace();
-    (reader.at == text.len()).then_some((version, routes, reader.sink))
+    (reader.at == text.len()).then_some((header, routes, reader.sink))
 }
 
 /// What the reader makes of what it reads: validated routes (via
@@ -216,12 +232,16 @@ struct Reader<'a, S> {
 }
 
 impl<'a, S: Sink<'a>> Reader<'a, S> {
-    fn snapshot(&mut self) -> Option<(Option<u64>, Vec<S::Route>)> {
+    fn snapshot(&mut self) -> Option<(Header, Vec<S::Route>)> {
         let mut version = None;
+        let mut allow_empty = None;
+        let mut allow_drop = None;
         let mut routes = None;
         self.object(|r, key| {
             match key {
                 "version" if version.is_none() => version = Some(r.integer()?),
+                "allow_empty" if allow_empty.is_none() => allow_empty = Some(r.boolean()?),
+                "allow_drop" if allow_drop.is_none() => allow_drop = Some(r.boolean()?),
                 "routes" if routes.is_none() => {
                     let mut list = Vec::new();
                     r.array(|r| {
@@ -234,7 +254,12 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
             }
             Some(())
         })?;
-        Some((version, routes.unwrap_or_default()))
+        let header = Header {
+            version,
+            allow_empty: allow_empty.unwrap_or(false),
+            allow_drop: allow_drop.unwrap_or(false),
+        };
+        Some((header, routes.unwrap_or_default()))
     }
 
     fn route(&mut self) -> Option<S::Route> {
@@ -393,6 +418,20 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
         }
     }
 
+    /// `true` or `false`.
+    fn boolean(&mut self) -> Option<bool> {
+        let rest = self.text.get(self.at..)?;
+        let (value, len) = if rest.starts_with("true") {
+            (true, 4)
+        } else if rest.starts_with("false") {
+            (false, 5)
+        } else {
+            return None;
+        };
+        self.at += len;
+        Some(value)
+    }
+
     /// Skips JSON whitespace. Most of it is a space after a colon, or a
     /// newline and indentation; indentation is skipped 8 bytes at a time.
     #[inline]
@@ -485,8 +524,21 @@ mod tests {
             "{\t\"version\"\r\n:18446744073709551615}",
             r#"{"routes": [{"endpoints": ["x", {"address": "y"}], "sni": "a"}]}"#,
             r#"{"routes": [{"sni": "a", "endpoints": [{"weight": 2, "address": "y"}]}]}"#,
+            r#"{"version": 3, "allow_empty": true, "routes": []}"#,
+            r#"{"allow_drop": false, "allow_empty": false}"#,
+            r#"{"allow_drop": true, "version": 1}"#,
         ] {
             assert!(agree(text), "{text}");
+        }
+        let snapshot = parse_owned(r#"{"allow_empty": true, "allow_drop": true}"#).unwrap();
+        assert!(snapshot.allow_empty && snapshot.allow_drop);
+        // What the fast reader leaves to serde (and serde refuses or reads).
+        for text in [
+            r#"{"allow_empty": 1}"#,
+            r#"{"allow_empty": tru}"#,
+            r#"{"allow_drop": true, "allow_drop": true}"#,
+        ] {
+            assert!(!agree(text), "{text}");
         }
     }
 

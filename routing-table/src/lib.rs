@@ -49,6 +49,7 @@ mod hash;
 mod index;
 mod json;
 mod name;
+mod replace;
 mod snapshot;
 mod swar;
 mod table;
@@ -57,7 +58,8 @@ pub use balance::{Balancer, LbPolicy};
 pub use error::{NameError, RouteProblem, SnapshotError};
 pub use gateway_mode::{MeshGatewayMode, ModeSettings, ModeSource};
 pub use name::{MAX_LABEL_LEN, MAX_NAME_LEN};
-pub use snapshot::{check_successor, EndpointSpec, Format, RouteSpec, Snapshot};
+pub use replace::{check_alone, check_replacement, drops_most, Intent, DROP_GUARD_MIN_ROUTES};
+pub use snapshot::{EndpointSpec, Format, RouteSpec, Snapshot};
 pub use table::{
     Endpoint, Match, MatchKind, PatternKind, Route, RouteId, Table, MAX_CONNECT_TIMEOUT_MS,
     MAX_ROUTES, MAX_WEIGHT,

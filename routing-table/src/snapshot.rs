@@ -62,9 +62,19 @@ impl fmt::Display for Format {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Snapshot {
-    /// Monotonic version set by whoever wrote the snapshot; see [`check_successor`].
+    /// Monotonic version set by whoever wrote the snapshot; see
+    /// [`check_replacement`](crate::check_replacement).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    /// `true`: this file holds no routes on purpose. Without it, a file with
+    /// no routes is refused (a table that refuses every connection is more
+    /// often a truncated or unfinished file than a wish).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_empty: bool,
+    /// `true`: this file may replace a table in use with fewer than half of
+    /// its routes (see [`check_replacement`](crate::check_replacement)).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub allow_drop: bool,
     /// The routes, in order; an absent `routes` key means none.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
@@ -176,6 +186,9 @@ impl Snapshot {
     ///
     /// [`SnapshotError::Syntax`] with the deserializer's message and position.
     pub fn parse(text: &str, format: Format) -> Result<Snapshot, SnapshotError> {
+        if text.trim().is_empty() {
+            return Err(SnapshotError::EmptyText { format });
+        }
         // JSON as the agent writes it is read by a faster reader that gives
         // the same value; anything else goes to serde.
         if format == Format::Json {
@@ -228,6 +241,10 @@ fn toml_message(text: &str, error: &toml::de::Error) -> String {
     }
 }
 
+fn is_false(flag: &bool) -> bool {
+    !*flag
+}
+
 fn one_line(message: &str) -> String {
     message
         .trim()
@@ -245,24 +262,6 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
     (line, before[line_start..].chars().count() + 1)
 }
 
-/// Refuses a successor whose version is lower than the current one.
-///
-/// Only a strict regression with both versions known is refused: an equal
-/// version is accepted (re-reading the same file), and `None` on either side
-/// is accepted (unversioned files).
-///
-/// # Errors
-///
-/// [`SnapshotError::VersionRegressed`] when `offered < current`.
-pub fn check_successor(current: Option<u64>, offered: Option<u64>) -> Result<(), SnapshotError> {
-    match (current, offered) {
-        (Some(current), Some(offered)) if offered < current => {
-            Err(SnapshotError::VersionRegressed { current, offered })
-        }
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +272,8 @@ mod tests {
     fn expected() -> Snapshot {
         Snapshot {
             version: Some(7),
+            allow_empty: false,
+            allow_drop: false,
             routes: vec![
                 RouteSpec {
                     sni: "api.default.dc1.internal.11111111-2222-3333-4444-555555555555.consul"
@@ -325,9 +326,17 @@ mod tests {
     #[test]
     fn absent_routes_and_version_are_fine() {
         assert_eq!(
-            Snapshot::parse("", Format::Toml).unwrap(),
+            Snapshot::parse("# nothing yet\n", Format::Toml).unwrap(),
             Snapshot::default()
         );
+        for format in [Format::Toml, Format::Json] {
+            for text in ["", " \n\t\n"] {
+                assert_eq!(
+                    Snapshot::parse(text, format),
+                    Err(SnapshotError::EmptyText { format })
+                );
+            }
+        }
         assert_eq!(
             Snapshot::parse("{}", Format::Json).unwrap(),
             Snapshot::default()
@@ -434,24 +443,4 @@ endpoints = [{ address = "10.0.0.1:1" }, "10.0.0.2:1", { address = "10.0.0.3:1",
         assert_eq!(Format::from_path(Path::new("toml")), None);
     }
 
-    #[test]
-    fn check_successor_refuses_only_a_known_regression() {
-        assert_eq!(check_successor(Some(3), Some(4)), Ok(()));
-        assert_eq!(check_successor(Some(3), Some(3)), Ok(()));
-        assert_eq!(check_successor(None, Some(1)), Ok(()));
-        assert_eq!(check_successor(Some(5), None), Ok(()));
-        assert_eq!(check_successor(None, None), Ok(()));
-        let e = check_successor(Some(5), Some(4)).unwrap_err();
-        assert_eq!(
-            e,
-            SnapshotError::VersionRegressed {
-                current: 5,
-                offered: 4
-            }
-        );
-        assert_eq!(
-            e.to_string(),
-            "snapshot version 4 is older than the current version 5"
-        );
-    }
 }

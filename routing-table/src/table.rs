@@ -14,6 +14,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::replace::Intent;
 use crate::balance::LbPolicy;
 use crate::build;
 use crate::error::SnapshotError;
@@ -108,6 +109,7 @@ pub struct Match<'t> {
 #[derive(Clone)]
 pub struct Table {
     version: Option<u64>,
+    intent: Intent,
     routes: Box<[Route]>,
     index: NameIndex,
 }
@@ -117,6 +119,7 @@ impl Table {
     pub fn empty() -> Table {
         Table {
             version: None,
+            intent: Intent::default(),
             routes: Box::default(),
             index: NameIndex::with_capacity(0),
         }
@@ -143,7 +146,11 @@ impl Table {
                 }
             }
         }
-        Table::index(snapshot.version, routes, error)
+        let intent = Intent {
+            allow_empty: snapshot.allow_empty,
+            allow_drop: snapshot.allow_drop,
+        };
+        Table::index(snapshot.version, intent, routes, error)
     }
 
     /// Parses `text` as `format` and builds a table from it.
@@ -157,12 +164,21 @@ impl Table {
     ///
     /// As [`Snapshot::parse`], then as [`Table::build`].
     pub fn parse(text: &str, format: Format) -> Result<Table, SnapshotError> {
+        if text.trim().is_empty() {
+            return Err(SnapshotError::EmptyText { format });
+        }
         let fast = match format {
             Format::Json => json::parse_routes(text),
             Format::Toml => None,
         };
         match fast {
-            Some(read) => Table::index(read.version, read.routes, read.error),
+            Some(read) => {
+                let intent = Intent {
+                    allow_empty: read.header.allow_empty,
+                    allow_drop: read.header.allow_drop,
+                };
+                Table::index(read.header.version, intent, read.routes, read.error)
+            }
             None => Table::build(&Snapshot::parse(text, format)?),
         }
     }
@@ -173,6 +189,7 @@ impl Table {
     /// else `invalid`.
     fn index(
         version: Option<u64>,
+        intent: Intent,
         routes: Vec<Route>,
         invalid: Option<SnapshotError>,
     ) -> Result<Table, SnapshotError> {
@@ -204,6 +221,7 @@ impl Table {
         index.shrink_to_fit();
         Ok(Table {
             version,
+            intent,
             routes: routes.into_boxed_slice(),
             index,
         })
@@ -222,6 +240,12 @@ impl Table {
     /// The snapshot's version, if it had one.
     pub fn version(&self) -> Option<u64> {
         self.version
+    }
+
+    /// What the snapshot said about removing routes on purpose
+    /// (`allow_empty`, `allow_drop`); see [`check_replacement`](crate::check_replacement).
+    pub fn intent(&self) -> Intent {
+        self.intent
     }
 
     /// Number of routes.
@@ -280,6 +304,8 @@ impl Table {
     pub fn to_snapshot(&self) -> Snapshot {
         Snapshot {
             version: self.version,
+            allow_empty: self.intent.allow_empty,
+            allow_drop: self.intent.allow_drop,
             routes: self.routes.iter().map(Route::to_spec).collect(),
         }
     }
@@ -308,9 +334,9 @@ impl Route {
 }
 
 impl PartialEq for Table {
-    /// Same version and same routes in the same order (the maps follow).
+    /// Same version, intent and routes in the same order (the maps follow).
     fn eq(&self, other: &Table) -> bool {
-        self.version == other.version && self.routes == other.routes
+        self.version == other.version && self.intent == other.intent && self.routes == other.routes
     }
 }
 
@@ -343,8 +369,8 @@ mod tests {
             })
             .collect();
         Table::build(&Snapshot {
-            version: None,
             routes,
+            ..Snapshot::default()
         })
         .unwrap()
     }

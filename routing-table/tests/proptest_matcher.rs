@@ -118,7 +118,7 @@ proptest! {
                 });
             }
         }
-        let table = Table::build(&Snapshot { version: None, routes: specs }).unwrap();
+        let table = Table::build(&Snapshot { routes: specs, ..Snapshot::default() }).unwrap();
         for (route, p) in table.routes().iter().zip(&patterns) {
             prop_assert_eq!(&route.sni, p);
             let kind = if p.starts_with("*.") { PatternKind::Wildcard } else { PatternKind::Exact };
@@ -134,6 +134,8 @@ proptest! {
     fn lookup_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
         let table = Table::build(&Snapshot {
             version: None,
+            allow_empty: false,
+            allow_drop: false,
             routes: vec![RouteSpec {
                 sni: "*.a".into(),
                 endpoints: vec![EndpointSpec::Addr("10.0.0.1:443".into())],

@@ -98,6 +98,8 @@ pub fn snapshot(n: usize) -> Snapshot {
         .collect();
     Snapshot {
         version: Some(1),
+        allow_empty: false,
+        allow_drop: false,
         routes,
     }
 }
