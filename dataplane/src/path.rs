@@ -57,7 +57,8 @@ pub struct Query<'a> {
     pub upstream: &'a str,
     /// The service's datacenter, if known.
     pub datacenter: Option<&'a str>,
-    /// The trust domain, for the SNI line.
+    /// The trust domain, for the SNI and the hops; `<trust-domain>` is
+    /// printed where it is not given.
     pub trust_domain: Option<&'a str>,
 }
 
@@ -69,48 +70,49 @@ pub fn explain(dir: &Path, q: &Query<'_>) -> Result<String, PathError> {
     let docs = read_dir(dir)?;
     let mut settings = ModeSettings::default();
     let mut origin: [Option<PathBuf>; 4] = Default::default();
-    let mut sidecar: Option<(&Value, &PathBuf)> = None;
+    let mut sidecar: Option<(Sidecar<'_>, &PathBuf)> = None;
     for (file, doc) in &docs {
         match kind_of(doc).as_deref() {
             Some("proxy-defaults") => {
-                settings.proxy_defaults = mode_at(doc, file)?;
+                settings.proxy_defaults = mode_at(doc, file, "")?;
                 origin[3] = Some(file.clone());
             }
             Some("service-defaults") if str_at(doc, "name") == Some(q.service) => {
-                settings.service_defaults = mode_at(doc, file)?;
+                settings.service_defaults = mode_at(doc, file, "")?;
                 origin[2] = Some(file.clone());
             }
             _ => {
-                if let Some(proxy) = sidecar_proxy(doc, q.service) {
-                    sidecar = Some((proxy, file));
+                if let Some(found) = sidecar_proxy(doc, q.service) {
+                    sidecar = Some((found, file));
                 }
             }
         }
     }
-    let Some((proxy, proxy_file)) = sidecar else {
+    let Some((Sidecar { proxy, at }, proxy_file)) = sidecar else {
         return Err(PathError::NotFound(format!(
-            "{}: no sidecar proxy for service {} (a connect-proxy with destination_service_name {0}, or connect.sidecar_service)",
+            "{}: no sidecar proxy for service {service} (a connect-proxy with destination_service_name {service}, or a service {service} with connect.sidecar_service)",
             dir.display(),
-            q.service
+            service = q.service
         )));
     };
-    settings.service_instance = mode_at(proxy, proxy_file)?;
+    settings.service_instance = mode_at(proxy, proxy_file, at)?;
     origin[1] = Some(proxy_file.clone());
-    let upstream = field(proxy, "upstreams")
+    let (index, upstream) = field(proxy, "upstreams")
         .and_then(Value::as_array)
         .and_then(|ups| {
             ups.iter()
-                .find(|u| str_at(u, "destination_name") == Some(q.upstream))
+                .enumerate()
+                .find(|(_, u)| str_at(u, "destination_name") == Some(q.upstream))
         })
         .ok_or_else(|| {
             PathError::NotFound(format!(
-                "{}: {}'s sidecar declares no upstream {}",
+                "{}: {}'s sidecar declares no upstream {} ({at}upstreams[].destination_name)",
                 proxy_file.display(),
                 q.service,
                 q.upstream
             ))
         })?;
-    settings.upstream = mode_at(upstream, proxy_file)?;
+    settings.upstream = mode_at(upstream, proxy_file, &format!("{at}upstreams[{index}]."))?;
     origin[0] = Some(proxy_file.clone());
 
     let (mode, source) = settings.resolve();
@@ -142,20 +144,49 @@ pub fn explain(dir: &Path, q: &Query<'_>) -> Result<String, PathError> {
     );
     let sni_dc = target_dc.or(q.datacenter).unwrap_or("<datacenter>");
     let td = q.trust_domain.unwrap_or("<trust-domain>");
+    let missing: Vec<&str> = [
+        (target_dc.or(q.datacenter).is_none(), "--datacenter"),
+        (q.trust_domain.is_none(), "--trust-domain"),
+    ]
+    .into_iter()
+    .filter_map(|(absent, flag)| absent.then_some(flag))
+    .collect();
+    let hint = if missing.is_empty() {
+        String::new()
+    } else {
+        format!(" (give {} for the full name)", missing.join(" and "))
+    };
     let _ = writeln!(
         out,
-        "sni: {}",
+        "sni: {}{hint}",
         consul::service_sni(q.upstream, "", namespace, partition, sni_dc, td)
     );
-    let _ = writeln!(out, "hops:");
-    let hops = hops(q, mode, local_dc, target_dc);
+    match (q.datacenter, target_dc) {
+        (None, Some(target)) => {
+            let _ = writeln!(
+                out,
+                "hops (if {} is not in {target}; give --datacenter to know):",
+                q.service
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "hops:");
+        }
+    }
+    let hops = hops(q, mode, local_dc, target_dc, td);
     for (i, hop) in hops.iter().enumerate() {
         let _ = writeln!(out, "  {}. {hop}", i + 1);
     }
     Ok(out)
 }
 
-fn hops(q: &Query<'_>, mode: MeshGatewayMode, local: &str, target: Option<&str>) -> Vec<String> {
+fn hops(
+    q: &Query<'_>,
+    mode: MeshGatewayMode,
+    local: &str,
+    target: Option<&str>,
+    td: &str,
+) -> Vec<String> {
     let (svc, up) = (q.service, q.upstream);
     let Some(target) = target.filter(|t| Some(*t) != q.datacenter) else {
         return vec![format!(
@@ -165,7 +196,7 @@ fn hops(q: &Query<'_>, mode: MeshGatewayMode, local: &str, target: Option<&str>)
     match mode {
         MeshGatewayMode::Local => vec![
             format!("{svc}'s sidecar dials a mesh gateway of {local} (its LAN address)"),
-            format!("that gateway matches *.{target}.internal.<trust-domain> and forwards to a mesh gateway of {target} (its WAN address)"),
+            format!("that gateway matches *.{target}.internal.{td} and forwards to a mesh gateway of {target} (its WAN address)"),
             format!("the {target} gateway matches the exact name and forwards to {up}'s sidecar (its LAN address)"),
         ],
         MeshGatewayMode::Remote => vec![
@@ -204,6 +235,11 @@ fn read_dir(dir: &Path) -> Result<Vec<(PathBuf, Value)>, PathError> {
 
 /// A key, matched across `snake_case`, `PascalCase` and `camelCase`.
 fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
+    entry(v, name).map(|(_, v)| v)
+}
+
+/// [`field`], with the key as the document spells it.
+fn entry<'a>(v: &'a Value, name: &str) -> Option<(&'a str, &'a Value)> {
     let want: String = name
         .chars()
         .filter(|c| *c != '_')
@@ -218,7 +254,7 @@ fn field<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
                 .to_ascii_lowercase()
                 == want
         })
-        .map(|(_, v)| v)
+        .map(|(k, v)| (k.as_str(), v))
 }
 
 fn str_at<'a>(v: &'a Value, name: &str) -> Option<&'a str> {
@@ -229,31 +265,56 @@ fn kind_of(doc: &Value) -> Option<String> {
     str_at(doc, "kind").map(str::to_ascii_lowercase)
 }
 
-/// The mode `v.mesh_gateway.mode` sets, if any.
-fn mode_at(v: &Value, file: &Path) -> Result<Option<MeshGatewayMode>, PathError> {
-    let Some(text) = field(v, "mesh_gateway").and_then(|m| str_at(m, "mode")) else {
+/// The mode `v.mesh_gateway.mode` sets, if any. `at` is where `v` sits in
+/// its file (`service.proxy.`), for the message, which names the keys as
+/// the file spells them.
+fn mode_at(v: &Value, file: &Path, at: &str) -> Result<Option<MeshGatewayMode>, PathError> {
+    let Some((gw_key, gw)) = entry(v, "mesh_gateway") else {
         return Ok(None);
+    };
+    let Some((mode_key, text)) = entry(gw, "mode") else {
+        return Ok(None);
+    };
+    let Some(text) = text.as_str() else {
+        return Err(PathError::Invalid(format!(
+            "{}: {at}{gw_key}.{mode_key}: {text} is not a string (none, local or remote)",
+            file.display()
+        )));
     };
     MeshGatewayMode::parse(text).map_err(|bad| {
         PathError::Invalid(format!(
-            "{}: mesh_gateway.mode: {bad:?} is not none, local or remote",
+            "{}: {at}{gw_key}.{mode_key}: {bad:?} is not none, local or remote",
             file.display()
         ))
     })
 }
 
+/// A sidecar's `proxy` block and where it sits in its file.
+#[derive(Debug, Clone, Copy)]
+struct Sidecar<'a> {
+    proxy: &'a Value,
+    at: &'static str,
+}
+
 /// The `proxy` block of `service`'s sidecar, if this document defines one.
-fn sidecar_proxy<'a>(doc: &'a Value, service: &str) -> Option<&'a Value> {
+fn sidecar_proxy<'a>(doc: &'a Value, service: &str) -> Option<Sidecar<'a>> {
     let def = field(doc, "service")?;
     let is_proxy = str_at(def, "kind") == Some("connect-proxy");
     let proxy = field(def, "proxy");
     if is_proxy && proxy.and_then(|p| str_at(p, "destination_service_name")) == Some(service) {
-        return proxy;
+        return proxy.map(|proxy| Sidecar {
+            proxy,
+            at: "service.proxy.",
+        });
     }
     if str_at(def, "name") == Some(service) {
         return field(def, "connect")
             .and_then(|c| field(c, "sidecar_service"))
-            .and_then(|s| field(s, "proxy"));
+            .and_then(|s| field(s, "proxy"))
+            .map(|proxy| Sidecar {
+                proxy,
+                at: "service.connect.sidecar_service.proxy.",
+            });
     }
     None
 }
