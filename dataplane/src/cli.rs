@@ -110,9 +110,9 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub routes: PathBuf,
 
-    /// Number of shards (threads, each pinned to a core with its own ring).
-    /// Default: the number of CPUs this process may run on.
-    #[arg(long, value_name = "N")]
+    /// Number of shards (threads, each pinned to a core with its own ring),
+    /// 1 to 1024. Default: the number of CPUs this process may run on.
+    #[arg(long, value_name = "N", value_parser = range::<usize>(1, 1024))]
     pub shards: Option<usize>,
 
     /// How bytes move once connected: `splice` (zero-copy through pooled
@@ -128,40 +128,47 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: Engine,
 
-    /// Time a client has to send its whole ClientHello, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    /// Time a client has to send its whole ClientHello, in milliseconds,
+    /// 1 to 600000 (10 minutes); a client still sending then is closed and
+    /// counted. There is no "never".
+    #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = range::<u64>(1, 600_000))]
     pub hello_timeout_ms: u64,
 
     /// Upstream connect timeout for routes that set no
-    /// `connect_timeout_ms`, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    /// `connect_timeout_ms`, in milliseconds, 1 to 600000 (the range a
+    /// route's own `connect_timeout_ms` allows).
+    #[arg(long, value_name = "MS", default_value_t = 5_000, value_parser = range::<u64>(1, 600_000))]
     pub connect_timeout_ms: u64,
 
-    /// Close a connection after this many seconds without a byte either way.
-    #[arg(long, value_name = "SECS", default_value_t = 3_600)]
+    /// Close a connection after this many seconds without a byte either way,
+    /// 1 to 604800 (a week). There is no "never".
+    #[arg(long, value_name = "SECS", default_value_t = 3_600, value_parser = range::<u64>(1, 604_800))]
     pub idle_timeout_secs: u64,
 
     /// After SIGTERM or SIGINT, seconds established connections get to
-    /// finish before they are closed.
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    /// finish before they are closed, 0 to 86400; 0 closes them at once.
+    #[arg(long, value_name = "SECS", default_value_t = 30, value_parser = range::<u64>(0, 86_400))]
     pub drain_timeout_secs: u64,
 
-    /// Most connections open at once, across all shards; more are closed at
-    /// accept and counted.
-    #[arg(long, value_name = "N", default_value_t = 262_144)]
+    /// Most connections open at once, across all shards, 1 to 16777216;
+    /// more are closed at accept and counted. Each takes two descriptors.
+    #[arg(long, value_name = "N", default_value_t = 262_144, value_parser = range::<usize>(1, 1 << 24))]
     pub max_connections: usize,
 
-    /// Bytes per pipe in the splice engine (rounded up by the kernel to a
-    /// power-of-two number of pages; limited by fs.pipe-max-size).
-    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    /// Bytes per pipe in the splice engines, 4096 to 268435456 (rounded
+    /// up by the kernel to a power-of-two number of pages; above
+    /// fs.pipe-max-size, or past fs.pipe-user-pages-soft, the kernel keeps
+    /// its smaller size).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20, value_parser = range::<usize>(4096, 1 << 28))]
     pub pipe_size: usize,
 
-    /// Number of buffers per shard in the copy engine (power of two).
-    #[arg(long, value_name = "N", default_value_t = 512)]
+    /// Number of buffers per shard in the copy engine: a power of two, 1 to
+    /// 32768.
+    #[arg(long, value_name = "N", default_value_t = 512, value_parser = power_of_two)]
     pub copy_buffers: u16,
 
-    /// Bytes per buffer in the copy engine.
-    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
+    /// Bytes per buffer in the copy engine, 1 to 1048576.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024, value_parser = range::<usize>(1, 1 << 20))]
     pub copy_buffer_size: usize,
 
     /// Write one JSON line per finished connection to this file (`-` for
@@ -180,6 +187,35 @@ pub struct ServeArgs {
     /// Admin HTTP listener (`/ready`, `/metrics`, `/routes`) as IP:PORT, or
     /// `none` to disable it. Serve it on loopback only: it is not
     /// authenticated.
-    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:19000")]
+    #[arg(long, value_name = "ADDR|none", default_value = "127.0.0.1:19000", value_parser = admin_addr)]
     pub admin: String,
+}
+
+/// A parser for an integer flag that must lie in `min..=max`; clap puts the
+/// flag's name before the message.
+fn range<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, String> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |text| match text.parse::<T>() {
+        Ok(v) if v >= min && v <= max => Ok(v),
+        _ => Err(format!("must be a whole number from {min} to {max}")),
+    }
+}
+
+/// `--copy-buffers`: a power of two from 1 to 32768.
+fn power_of_two(text: &str) -> Result<u16, String> {
+    match text.parse::<u16>() {
+        Ok(v) if v.is_power_of_two() && v <= 1 << 15 => Ok(v),
+        _ => Err("must be a power of two from 1 to 32768".into()),
+    }
+}
+
+/// `--admin`: `IP:PORT` or `none`.
+fn admin_addr(text: &str) -> Result<String, String> {
+    if text == "none" || text.parse::<SocketAddr>().is_ok() {
+        Ok(text.to_owned())
+    } else {
+        Err("expected IP:PORT (for example 127.0.0.1:19000) or none".into())
+    }
 }

@@ -27,10 +27,10 @@ use crate::admin;
 use crate::cli::{Engine, ServeArgs};
 use crate::epoll::Epoll;
 use crate::forward::ForwardMode;
+use crate::listen::bind_all;
 use crate::shard::{Shard, ShardConfig, Shared};
 use crate::stats::ShardStats;
 use crate::sys;
-use crate::listen::bind_all;
 use crate::upgrade;
 use crate::uring::{Uring, UringConfig};
 
@@ -170,18 +170,6 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
                 ServeError::Usage(format!("--admin {text}: expected IP:PORT or none"))
             })?),
         };
-    if !args.copy_buffers.is_power_of_two() {
-        return Err(ServeError::Usage(format!(
-            "--copy-buffers {}: must be a power of two",
-            args.copy_buffers
-        )));
-    }
-    if args.copy_buffer_size == 0 || args.copy_buffer_size > 1 << 20 {
-        return Err(ServeError::Usage(format!(
-            "--copy-buffer-size {}: must be between 1 and 1048576",
-            args.copy_buffer_size
-        )));
-    }
     let nofile = sys::raise_nofile_limit().unwrap_or(0);
     warn_low_limits(nofile, &args);
     // Watch before the first read, so that a file replaced right after it
@@ -190,12 +178,9 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let table = load_routes(&args.routes)?;
     let cpus =
         sys::usable_cpus().map_err(|e| ServeError::Internal(format!("sched_getaffinity: {e}")))?;
-    let shards = args.shards.unwrap_or(cpus.len()).max(1);
-    if shards > 1024 {
-        return Err(ServeError::Usage(format!(
-            "--shards {shards}: at most 1024"
-        )));
-    }
+    // `--shards` is 1..=1024 by its parser; the CPUs this process may run
+    // on are at least one.
+    let shards = args.shards.unwrap_or(cpus.len()).clamp(1, 1024);
     info!(
         version = env!("CARGO_PKG_VERSION"),
         shards,
@@ -284,9 +269,9 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         let cfg = ShardConfig {
             id,
             forward,
-            hello_timeout: Duration::from_millis(args.hello_timeout_ms.max(1)),
-            idle_timeout: Duration::from_secs(args.idle_timeout_secs.max(1)),
-            connect_timeout: Duration::from_millis(args.connect_timeout_ms.max(1)),
+            hello_timeout: Duration::from_millis(args.hello_timeout_ms),
+            idle_timeout: Duration::from_secs(args.idle_timeout_secs),
+            connect_timeout: Duration::from_millis(args.connect_timeout_ms),
             max_connections: max_per_shard,
             pipe_size: args.pipe_size,
             pipe_pool: 64,

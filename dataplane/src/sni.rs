@@ -2,7 +2,7 @@
 //! from the naming rules in `routing_table::consul`.
 
 use clap::Subcommand;
-use routing_table::consul;
+use routing_table::{consul, MAX_LABEL_LEN, MAX_NAME_LEN};
 
 /// The kinds of name Consul builds.
 #[derive(Debug, Subcommand)]
@@ -16,22 +16,22 @@ pub enum SniKind {
     /// `<svc>.<ns>.<partition>.<dc>.internal-v1.<td>`.
     Service {
         /// Service name.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         service: String,
         /// Service-resolver subset; prepended as the first label.
-        #[arg(long, default_value = "")]
+        #[arg(long, value_parser = optional_label, default_value = "")]
         subset: String,
         /// Namespace (empty means `default`).
-        #[arg(long, default_value = "")]
+        #[arg(long, value_parser = optional_label, default_value = "")]
         namespace: String,
         /// Admin partition (empty means `default`).
-        #[arg(long, default_value = "")]
+        #[arg(long, value_parser = optional_label, default_value = "")]
         partition: String,
         /// Datacenter.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         datacenter: String,
         /// Trust domain (`<cluster-id>.consul`, from /v1/connect/ca/roots).
-        #[arg(long)]
+        #[arg(long, value_parser = trust_domain)]
         trust_domain: String,
     },
     /// The name of every mesh gateway of a datacenter (or partition).
@@ -42,13 +42,13 @@ pub enum SniKind {
     /// gateway listener matches for traffic bound to that datacenter.
     Gateway {
         /// Datacenter.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         datacenter: String,
         /// Admin partition (empty means `default`).
-        #[arg(long, default_value = "")]
+        #[arg(long, value_parser = optional_label, default_value = "")]
         partition: String,
         /// Trust domain.
-        #[arg(long)]
+        #[arg(long, value_parser = trust_domain)]
         trust_domain: String,
         /// Print the `*.` listener pattern instead.
         #[arg(long)]
@@ -60,13 +60,13 @@ pub enum SniKind {
     /// --trust-domain td.consul` prints `geo-db.default.dc1.query.td.consul`.
     Query {
         /// Prepared query name or ID.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         query: String,
         /// Datacenter.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         datacenter: String,
         /// Trust domain.
-        #[arg(long)]
+        #[arg(long, value_parser = trust_domain)]
         trust_domain: String,
     },
     /// A service exported to a cluster peer.
@@ -76,19 +76,19 @@ pub enum SniKind {
     /// `api.default.default.cluster-02.external.td.consul`.
     Peered {
         /// Service name.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         service: String,
         /// Namespace (empty means `default`).
-        #[arg(long, default_value = "")]
+        #[arg(long, value_parser = optional_label, default_value = "")]
         namespace: String,
         /// Admin partition (empty means `default`).
-        #[arg(long, default_value = "")]
+        #[arg(long, value_parser = optional_label, default_value = "")]
         partition: String,
         /// Peer name.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         peer: String,
         /// Trust domain of the exporting cluster.
-        #[arg(long)]
+        #[arg(long, value_parser = trust_domain)]
         trust_domain: String,
     },
     /// A Consul server, as used by WAN federation through mesh gateways.
@@ -97,13 +97,13 @@ pub enum SniKind {
     /// `server.dc2.consul`; with `--node s1`, `s1.server.dc2.consul`.
     Server {
         /// Datacenter.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         datacenter: String,
         /// Server node name (empty or `*` means any server).
-        #[arg(long, default_value = "")]
+        #[arg(long, value_parser = node, default_value = "")]
         node: String,
         /// The agents' DNS domain.
-        #[arg(long, default_value = "consul")]
+        #[arg(long, value_parser = domain, default_value = "consul")]
         domain: String,
     },
     /// The peering control-plane name of a datacenter's servers.
@@ -112,10 +112,10 @@ pub enum SniKind {
     /// td.consul` prints `server.dc1.peering.td.consul`.
     PeeringServer {
         /// Datacenter.
-        #[arg(long)]
+        #[arg(long, value_parser = label)]
         datacenter: String,
         /// Trust domain.
-        #[arg(long)]
+        #[arg(long, value_parser = trust_domain)]
         trust_domain: String,
     },
 }
@@ -173,5 +173,97 @@ impl SniKind {
                 trust_domain,
             } => consul::peering_server_sni(datacenter, trust_domain),
         }
+    }
+}
+
+/// One DNS label, as Consul's names must be to appear in an SNI: 1 to 63
+/// of `[A-Za-z0-9_-]`, not starting or ending with `-`.
+fn label(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if text.len() > MAX_LABEL_LEN {
+        return Err(format!("longer than {MAX_LABEL_LEN} bytes"));
+    }
+    if let Some(c) = text
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+    {
+        return Err(format!(
+            "{c:?} is not allowed: one DNS label of letters, digits, '-' and '_'"
+        ));
+    }
+    if text.starts_with('-') || text.ends_with('-') {
+        return Err("a DNS label does not start or end with '-'".into());
+    }
+    Ok(text.to_owned())
+}
+
+/// A label, or empty for Consul's default.
+fn optional_label(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Ok(String::new())
+    } else {
+        label(text)
+    }
+}
+
+/// A server node: a label, or empty or `*` for any server.
+fn node(text: &str) -> Result<String, String> {
+    if text == "*" {
+        Ok(text.to_owned())
+    } else {
+        optional_label(text)
+    }
+}
+
+/// A DNS domain: labels separated by dots, one trailing dot ignored.
+fn domain(text: &str) -> Result<String, String> {
+    let text = text.strip_suffix('.').unwrap_or(text);
+    if text.len() > MAX_NAME_LEN {
+        return Err(format!("longer than {MAX_NAME_LEN} bytes"));
+    }
+    for part in text.split('.') {
+        label(part).map_err(|e| format!("label {part:?}: {e}"))?;
+    }
+    Ok(text.to_owned())
+}
+
+/// A Consul trust domain: `<cluster-id>.consul` (the `TrustDomain` of
+/// `/v1/connect/ca/roots`), one trailing dot ignored.
+fn trust_domain(text: &str) -> Result<String, String> {
+    let name = domain(text)?;
+    match name.strip_suffix(".consul") {
+        Some(cluster) if !cluster.is_empty() => Ok(name),
+        _ => Err("expected <cluster-id>.consul, the TrustDomain of /v1/connect/ca/roots".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_labels_and_trust_domains_end_in_consul() {
+        assert!(label("api-v2_x").is_ok());
+        for bad in ["", "Bad Name!", "a.b", "-a", "a-", &"x".repeat(64)] {
+            assert!(label(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(optional_label("").unwrap(), "");
+        assert_eq!(node("*").unwrap(), "*");
+        assert_eq!(
+            trust_domain("11111111-2222-3333-4444-555555555555.consul.").unwrap(),
+            "11111111-2222-3333-4444-555555555555.consul"
+        );
+        for bad in [
+            "not-a-td",
+            "consul",
+            ".consul",
+            "a..consul",
+            "td.consul.example",
+        ] {
+            assert!(trust_domain(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(domain("Consul.").unwrap(), "Consul");
     }
 }
