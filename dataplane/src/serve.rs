@@ -562,10 +562,9 @@ fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
     info!(version = %VersionDisplay(version), routes = count, "routes loaded");
 }
 
-/// Warns once, at start, about host limits meshgate depends on, naming the
-/// sysctl preset (`scripts/tune.sh apply edge-gateway`) that raises them.
+/// Warns once, at start, about host limits meshgate depends on, each with
+/// the fix that raises that limit.
 fn warn_low_limits(nofile: u64, args: &ServeArgs) {
-    const FIX: &str = "scripts/tune.sh apply edge-gateway";
     let read = |key: &str| -> Option<u64> {
         std::fs::read_to_string(format!("/proc/sys/{}", key.replace('.', "/")))
             .ok()?
@@ -577,13 +576,18 @@ fn warn_low_limits(nofile: u64, args: &ServeArgs) {
     // Two sockets per forwarded connection, and room for pipes.
     let wanted_files = (args.max_connections as u64).saturating_mul(2).min(1 << 20);
     if nofile < wanted_files {
-        warn!(limit = nofile, wanted = wanted_files, fix = FIX, "open-file limit (RLIMIT_NOFILE) is below what --max-connections needs; raise LimitNOFILE / fs.nr_open");
+        warn!(
+            limit = nofile,
+            wanted = wanted_files,
+            fix = nofile_fix(wanted_files, read("fs.nr_open")),
+            "open-file limit (RLIMIT_NOFILE) is below what --max-connections needs"
+        );
     }
     if let Some(v) = read("net.core.somaxconn").filter(|&v| v < 4096) {
         warn!(
             value = v,
             wanted = 4096,
-            fix = FIX,
+            fix = "sysctl net.core.somaxconn (scripts/tune.sh apply edge-gateway sets it)",
             "net.core.somaxconn limits the accept queue"
         );
     }
@@ -594,10 +598,23 @@ fn warn_low_limits(nofile: u64, args: &ServeArgs) {
             warn!(
                 value = v,
                 wanted = pages,
-                fix = FIX,
+                fix = "sysctl fs.pipe-user-pages-soft (scripts/tune.sh apply edge-gateway sets it), or a smaller --pipe-size",
                 "fs.pipe-user-pages-soft is low for --pipe-size; pipes past it shrink to one page"
             );
         }
+    }
+}
+
+/// The fix for an open-file limit below `wanted` after meshgate raised it as
+/// far as it may: the kernel's ceiling (`fs.nr_open`) when that is what
+/// stops it, otherwise the hard limit the process was started with (the
+/// unit's `LimitNOFILE=`, the shell's `ulimit -Hn`, a container's own limit).
+fn nofile_fix(wanted: u64, nr_open: Option<u64>) -> &'static str {
+    match nr_open {
+        Some(ceiling) if ceiling < wanted => {
+            "sysctl fs.nr_open (scripts/tune.sh apply edge-gateway sets it), then raise the hard limit: LimitNOFILE= in the systemd unit, or ulimit -Hn"
+        }
+        _ => "raise the hard limit meshgate starts with: LimitNOFILE= in the systemd unit, ulimit -Hn in a shell, or the container's nofile limit (docker run --ulimit nofile=N:N)",
     }
 }
 
@@ -616,5 +633,18 @@ impl fmt::Display for VersionDisplay {
             Some(v) => write!(f, "{v}"),
             None => f.write_str("none"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_fix_names_what_stops_the_limit() {
+        assert!(nofile_fix(524_288, Some(1_048_576)).starts_with("raise the hard limit"));
+        assert!(nofile_fix(524_288, None).contains("LimitNOFILE="));
+        assert!(!nofile_fix(524_288, None).contains("tune.sh"));
+        assert!(nofile_fix(524_288, Some(65_536)).starts_with("sysctl fs.nr_open"));
     }
 }
