@@ -241,6 +241,7 @@ cmd_apply() {
     exit 77
   fi
   while IFS=$'\t' read -r key have want target state; do
+    now=""
     case "$state" in
       ok|kept) kept+=("$key = $target") ;;
       absent|skipped) describe "$key" "$have" "$want" "$target" "$state" >&2 ;;
@@ -261,11 +262,13 @@ cmd_apply() {
     echo "tune.sh: not persisted: $sysctl_d is missing or not writable; the values last until reboot" >&2
     exit 1
   fi
-  local dest="$sysctl_d/$persisted" tmp old
+  local dest="$sysctl_d/$persisted" old
   tmp="$(mktemp "$sysctl_d/.60-meshgate.XXXXXX")"
+  trap 'rm -f "$tmp"' EXIT
   {
-    echo "# Written by scripts/tune.sh apply $name: the preset's values, raised to the host's"
-    echo "# where the host had more. Re-run tune.sh apply to change it; see scripts/sysctl/$name.conf."
+    echo "# Written by tune.sh apply $name, from $file:"
+    echo "# the preset's values, raised to the host's where the host had more."
+    echo "# Re-run tune.sh apply to change it."
     printf '%s\n' "${kept[@]}"
   } > "$tmp"
   chmod 0644 "$tmp"

@@ -165,13 +165,15 @@ impl Host {
         if args.first() == Some(&"apply") {
             refuse_unless_sandboxed();
         }
-        tune_with_env(
-            args,
-            &[
-                ("MESHGATE_SYSCTL_ROOT", self.dir.path().join("proc/sys")),
-                ("MESHGATE_SYSCTL_DIR", self.sysctl_d()),
-            ],
-        )
+        tune_with_env(args, &self.env())
+    }
+
+    /// The variables that point the script at this host.
+    fn env(&self) -> [(&'static str, PathBuf); 2] {
+        [
+            ("MESHGATE_SYSCTL_ROOT", self.dir.path().join("proc/sys")),
+            ("MESHGATE_SYSCTL_DIR", self.sysctl_d()),
+        ]
     }
 }
 
@@ -193,9 +195,15 @@ fn tune_with_env(args: &[&str], env: &[(&str, PathBuf)]) -> Run {
     for (k, v) in env {
         cmd.env(k, v);
     }
+    run(cmd)
+}
+
+/// Runs `cmd`, bounded to 30 s, and splits its output into stdout and stderr lines.
+fn run(cmd: Command) -> Run {
+    let what = format!("{cmd:?}");
     let child = Child::spawn("tune.sh", cmd, false).expect("spawn bash");
     let (status, _) = child.wait_exit(Duration::from_secs(30));
-    let status = status.unwrap_or_else(|| panic!("tune.sh {args:?} did not exit within 30 s"));
+    let status = status.unwrap_or_else(|| panic!("{what} did not exit within 30 s"));
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     for line in child.lines() {
         match line.strip_prefix("[stdout] ") {
@@ -629,5 +637,145 @@ fn tcp_mem_is_scaled_to_a_small_host() {
             got.iter().zip(&stock).all(|(g, s)| g >= s),
             "tcp_mem {got:?} below the host's {stock:?}"
         );
+    });
+}
+
+#[test]
+fn apply_without_a_writable_sysctl_d_sets_the_values_and_exits_1() {
+    run_bounded("sysctl_d_missing", Duration::from_secs(60), || {
+        let host = Host::stock();
+        refuse_unless_sandboxed();
+        let missing = host.dir.path().join("no-such-dir");
+        let run = tune_with_env(
+            &["apply", "edge-gateway"],
+            &[
+                ("MESHGATE_SYSCTL_ROOT", host.dir.path().join("proc/sys")),
+                ("MESHGATE_SYSCTL_DIR", missing.clone()),
+            ],
+        );
+        assert_eq!(run.code, Some(1), "{}", run.both());
+        assert!(
+            run.err().contains("not persisted") && run.err().contains(missing.to_str().unwrap()),
+            "{}",
+            run.both()
+        );
+        assert_eq!(host.value("net.core.somaxconn").as_deref(), Some("65535"));
+        assert!(!missing.exists());
+    });
+}
+
+/// As an unprivileged user `apply` on the real /proc/sys stops with 77 before writing (an
+/// unprivileged user could not write there anyway, nor to /etc/sysctl.d).
+#[test]
+fn apply_on_proc_sys_without_root_exits_77() {
+    run_bounded("not_root", Duration::from_secs(60), || {
+        let uid = Command::new("id").arg("-u").output().unwrap();
+        let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+        let setpriv = Command::new("setpriv").arg("--version").output().is_ok();
+        if !root || !setpriv {
+            eprintln!("skipped: needs root and setpriv(1) to run the script as user nobody");
+            return;
+        }
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "bash"])
+            .arg(script())
+            .args(["apply", "edge-gateway"])
+            .env_remove("MESHGATE_SYSCTL_ROOT")
+            .env_remove("MESHGATE_SYSCTL_DIR")
+            .current_dir("/");
+        let run = run(cmd);
+        assert_eq!(run.code, Some(77), "{}", run.both());
+        assert!(run.err().contains("needs root"), "{}", run.both());
+        assert!(run.stdout.is_empty(), "{}", run.both());
+    });
+}
+
+/// The merge rule of each kind of key, through a preset of its own (the script is copied
+/// next to a `sysctl/` directory holding it).
+#[test]
+fn each_kind_of_key_merges_by_its_rule() {
+    run_bounded("merge_rules", Duration::from_secs(60), || {
+        refuse_unless_sandboxed();
+        let scripts = TempDir::new();
+        let copy = scripts.path().join("tune.sh");
+        std::fs::copy(script(), &copy).unwrap();
+        std::fs::create_dir(scripts.path().join("sysctl")).unwrap();
+        let rules = [
+            // (key, preset value, host value, value after apply)
+            ("net.ipv4.tcp_congestion_control", "bbr", "cubic", "bbr"),
+            ("net.core.default_qdisc", "fq", "fq_pie", "fq_pie"),
+            ("net.ipv4.tcp_fastopen", "3", "1026", "1027"),
+            ("net.ipv4.tcp_tw_reuse", "1", "2", "1"),
+            ("net.ipv4.tcp_fin_timeout", "15", "10", "10"),
+            ("net.ipv4.tcp_slow_start_after_idle", "0", "1", "0"),
+            (
+                "net.ipv4.ip_local_port_range",
+                "1024 65535",
+                "2000\t65535",
+                "1024 65535",
+            ),
+            (
+                "net.ipv4.ip_local_port_range",
+                "1024 60000",
+                "1000\t65535",
+                "1000 65535",
+            ),
+            ("fs.pipe-user-pages-soft", "4194304", "0", "0"),
+            ("fs.pipe-user-pages-soft", "4194304", "16384", "4194304"),
+            (
+                "net.ipv4.tcp_rmem",
+                "4096 131072 16777216",
+                "8192\t87380\t33554432",
+                "8192 131072 33554432",
+            ),
+            (
+                "fs.file-max",
+                "4194304",
+                "9223372036854775807",
+                "9223372036854775807",
+            ),
+            ("net.core.somaxconn", "65535", "4096", "65535"),
+        ];
+        for (i, (key, want, have, after)) in rules.iter().enumerate() {
+            let name = format!("rule{i}");
+            std::fs::write(
+                scripts.path().join(format!("sysctl/{name}.conf")),
+                format!("# {name}: one key\n{key} = {want}\n"),
+            )
+            .unwrap();
+            let host = Host::new(&[(key, have)], MEM_TOTAL_KB_BIG);
+            let mut cmd = Command::new("bash");
+            cmd.arg(&copy).args(["apply", &name]).envs(host.env());
+            let run = run(cmd);
+            assert_eq!(
+                run.code,
+                Some(0),
+                "{key} = {want} on {have:?}: {}",
+                run.both()
+            );
+            assert_eq!(
+                host.value(key).as_deref(),
+                Some(*after),
+                "{key} = {want} on host {have:?}: {}",
+                run.both()
+            );
+        }
+
+        // A malformed line: exit 65 naming the file and line; nothing written.
+        std::fs::write(
+            scripts.path().join("sysctl/broken.conf"),
+            "# broken: a line without =\nnet.core.somaxconn 65535\n",
+        )
+        .unwrap();
+        let host = Host::stock();
+        for cmd in ["check", "diff", "apply"] {
+            let mut command = Command::new("bash");
+            command.arg(&copy).args([cmd, "broken"]).envs(host.env());
+            let run = run(command);
+            assert_eq!(run.code, Some(65), "{cmd} broken: {}", run.both());
+            assert!(run.err().contains("broken.conf:2"), "{cmd}: {}", run.both());
+        }
+        assert_eq!(host.value("net.core.somaxconn").as_deref(), Some("4096"));
+        assert!(host.persisted_files().is_empty());
     });
 }
