@@ -44,6 +44,8 @@ pub enum Mode {
     /// Turn the results of a side-by-side run (`scripts/bench.sh`) into
     /// Markdown tables (stdout) and SVG charts.
     Report(ReportArgs),
+    /// Draw RELIABILITY.md's load and memory charts from their data file.
+    ReliabilityCharts(ReliabilityChartsArgs),
 }
 
 /// Flags every mode has.
@@ -285,4 +287,20 @@ pub struct ReportArgs {
     /// Target that stands for no proxy at all.
     #[arg(long, value_name = "NAME", default_value = "no-proxy")]
     pub baseline: String,
+}
+
+/// Flags of `reliability-charts`.
+#[derive(Debug, Args)]
+pub struct ReliabilityChartsArgs {
+    /// The figures: JSON with `load` (one `scripts/load.sh` run per engine)
+    /// and `give_back` (one gateway, idle connections held and closed).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "bench/charts/reliability.json"
+    )]
+    pub data: PathBuf,
+    /// Directory the SVG charts are written to (created if missing).
+    #[arg(long, value_name = "DIR", default_value = "bench/charts")]
+    pub charts: PathBuf,
 }

@@ -8,7 +8,9 @@
 //! stderr, the result is one JSON object on stdout (see `report.rs`).
 //! `meshgate-bench report` turns the results of a side-by-side run
 //! (`scripts/bench.sh`) into BENCHMARKS.md's tables and SVG charts
-//! (`compare.rs`, `svg.rs`).
+//! (`compare.rs`, `svg.rs`); `meshgate-bench reliability-charts` draws
+//! RELIABILITY.md's load and memory charts from their data file
+//! (`reliability.rs`).
 //!
 //! Exit codes: 0 the run finished (status `ok` or `errors`: errors are
 //! counted, not fatal); 3 the hard deadline cut it (status `deadline`);
@@ -43,6 +45,7 @@ mod placement;
 mod plan;
 mod procfs;
 mod progress;
+mod reliability;
 mod report;
 mod run;
 mod stats;
@@ -87,6 +90,15 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("meshgate-bench report: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Mode::ReliabilityCharts(args) => {
+            return match reliability::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("meshgate-bench reliability-charts: {e:#}");
                     ExitCode::FAILURE
                 }
             };
@@ -194,7 +206,9 @@ fn plan(mode: Mode) -> Result<RunPlan, String> {
             };
             (a.common, w)
         }
-        Mode::Backend(_) | Mode::Report(_) => unreachable!("handled by the caller"),
+        Mode::Backend(_) | Mode::Report(_) | Mode::ReliabilityCharts(_) => {
+            unreachable!("handled by the caller")
+        }
     };
     common_plan(common, workload)
 }

@@ -24,8 +24,19 @@ const VALUE_W: f64 = 90.0;
 const ROW_H: f64 = 24.0;
 const TOP: f64 = 44.0;
 
-/// The chart: `title` on top, `note` under it, one row per bar.
+/// Width of a label column character, roughly, at font size 12.
+const CHAR_W: f64 = 6.5;
+
+/// The chart: `title` on top, `note` under it, one row per bar. The label
+/// column is 170 px, wider (and the chart with it) when a label needs it.
 pub fn bar_chart(title: &str, note: &str, bars: &[Bar]) -> String {
+    let longest = bars
+        .iter()
+        .map(|b| b.label.chars().count())
+        .max()
+        .unwrap_or(0);
+    let label_w = LABEL_W.max(CHAR_W * longest as f64 + 14.0).ceil();
+    let width = WIDTH - LABEL_W + label_w;
     let height = TOP + ROW_H * bars.len() as f64 + 12.0;
     let plot_w = WIDTH - LABEL_W - VALUE_W;
     let top_value = bars
@@ -37,11 +48,11 @@ pub fn bar_chart(title: &str, note: &str, bars: &[Bar]) -> String {
     } else {
         0.0
     };
-    let x = |v: f64| LABEL_W + (v.max(0.0) * scale);
+    let x = |v: f64| label_w + (v.max(0.0) * scale);
     let mut s = String::new();
     let _ = writeln!(
         s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" font-family="sans-serif" font-size="12">"#
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
     let _ = writeln!(
@@ -60,15 +71,15 @@ pub fn bar_chart(title: &str, note: &str, bars: &[Bar]) -> String {
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LABEL_W - 6.0,
+            label_w - 6.0,
             y + 15.0,
             escape(&b.label)
         );
         let _ = writeln!(
             s,
-            r#"<rect x="{LABEL_W:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/>"#,
+            r#"<rect x="{label_w:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/>"#,
             y + 4.0,
-            x(b.median) - LABEL_W,
+            x(b.median) - label_w,
             ROW_H - 8.0
         );
         if b.max > b.min {
@@ -147,6 +158,21 @@ mod tests {
         assert!(svg.contains(&format!("H{end:.1}")), "{svg}");
         assert_eq!(svg.matches("<path").count(), 1, "no whisker without spread");
         assert_eq!(number(0.1234), "0.123");
+        assert!(
+            svg.contains(r#"width="720""#),
+            "short labels keep the width"
+        );
+        let wide = [Bar {
+            label: "x".repeat(40),
+            ..bars[1].clone()
+        }];
+        let svg = bar_chart("t", "n", &wide);
+        let label_w = (CHAR_W * 40.0 + 14.0).ceil();
+        assert!(
+            svg.contains(&format!(r#"<rect x="{label_w:.1}""#))
+                && svg.contains(&format!(r#"width="{}""#, WIDTH - LABEL_W + label_w)),
+            "a long label widens the label column and the chart: {svg}"
+        );
         assert_eq!(number(1234.4), "1234");
     }
 }
