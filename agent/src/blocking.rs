@@ -48,12 +48,17 @@ pub struct WatchCtx {
 }
 
 impl WatchCtx {
-    /// A context over `client`.
-    pub fn new(client: Client, timing: Timing, metrics: Arc<Metrics>) -> WatchCtx {
+    /// A context over `client`, logging failures through `problems`.
+    pub fn new(
+        client: Client,
+        timing: Timing,
+        metrics: Arc<Metrics>,
+        problems: Problems,
+    ) -> WatchCtx {
         WatchCtx {
             client,
             timing,
-            problems: Problems::default(),
+            problems,
             metrics,
             core_watches: AtomicUsize::new(0),
             bulk_watches: AtomicUsize::new(0),
@@ -268,7 +273,7 @@ fn hash(bytes: &[u8]) -> u64 {
 }
 
 /// Attempts of a `--once` request before giving up.
-const ONCE_ATTEMPTS: u32 = 3;
+pub const ONCE_ATTEMPTS: u32 = 3;
 
 /// Runs watch `spec`: decodes each new answer with `decode` and hands it to
 /// `deliver`, which returns `false` to stop the watch. Returns only in

@@ -28,9 +28,12 @@ ENVIRONMENT (as for every `consul` command; a flag wins over its variable):
   CONSUL_PARTITION        admin partition of the gateway (Enterprise)
   RUST_LOG                log filter [default: info]
 
-EXIT CODES:
-  0 clean stop (SIGTERM/SIGINT), 1 internal error, 64 bad flag or variable,
-  69 --once: Consul unavailable, 73 the admin address or routes directory is unusable";
+EXIT CODES (sysexits; the same table as meshgate's, in README.md):
+  0   clean stop (SIGTERM/SIGINT), or --once printed the table
+  64  bad flag, variable or registration
+  69  --once: Consul could not be read (after 3 attempts per request)
+  70  internal error (the runtime or the signal handlers cannot be set up)
+  73  the admin address or the routes directory is unusable";
 
 /// `meshgate-agent`: watches the Consul HTTP API with blocking queries and
 /// keeps meshgate's routes file equal to what Consul would program into an

@@ -15,6 +15,7 @@ mod config;
 mod connect;
 mod consul;
 mod coordinator;
+mod exit;
 mod http;
 mod local;
 mod metrics;
@@ -32,19 +33,14 @@ use std::time::Duration;
 use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::blocking::WatchCtx;
+use crate::blocking::{WatchCtx, ONCE_ATTEMPTS};
 use crate::config::{Args, Settings};
 use crate::coordinator::{Coordinator, RunMode};
+use crate::exit::{CANT_CREATE as EXIT_CANT_CREATE, CONFIG as EXIT_CONFIG};
+use crate::exit::{INTERNAL as EXIT_INTERNAL, UNAVAILABLE as EXIT_UNAVAILABLE};
 use crate::metrics::Metrics;
+use crate::problems::{OnFailure, Problems};
 
-/// Bad flag, variable or registration.
-const EXIT_CONFIG: u8 = 64;
-/// `--once`: Consul could not be read.
-const EXIT_UNAVAILABLE: u8 = 69;
-/// Internal error.
-const EXIT_INTERNAL: u8 = 1;
-/// The admin address or the routes directory cannot be used.
-const EXIT_CANT_CREATE: u8 = 73;
 /// How long deregistration may take at shutdown.
 const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -97,7 +93,21 @@ async fn run(settings: Settings) -> u8 {
                 return EXIT_CONFIG;
             }
         };
-    let ctx = Arc::new(WatchCtx::new(client, settings.timing, metrics.clone()));
+    let on_failure = if settings.once {
+        OnFailure::GiveUp {
+            attempts: ONCE_ATTEMPTS,
+            exit_code: EXIT_UNAVAILABLE,
+        }
+    } else {
+        OnFailure::Retry
+    };
+    let problems = Problems::new(settings.consul.display_addr(), on_failure);
+    let ctx = Arc::new(WatchCtx::new(
+        client,
+        settings.timing,
+        metrics.clone(),
+        problems,
+    ));
     if settings.once {
         return once(&ctx, &settings).await;
     }
@@ -211,13 +221,16 @@ async fn once(ctx: &Arc<WatchCtx>, settings: &Settings) -> u8 {
         settings.datacenter.as_deref(),
         partition,
         ns_set,
-        Some(3),
+        Some(ONCE_ATTEMPTS),
     )
     .await
     {
         Ok(me) => me,
         Err(e) => {
-            eprintln!("meshgate-agent: {e}");
+            eprintln!(
+                "meshgate-agent: {}",
+                once_failed(settings, "agent-self", &e)
+            );
             return EXIT_UNAVAILABLE;
         }
     };
@@ -226,14 +239,27 @@ async fn once(ctx: &Arc<WatchCtx>, settings: &Settings) -> u8 {
         .await
     {
         Ok(snapshot) => {
-            println!("{}", snapshot.to_json());
+            let mut json = snapshot.to_json();
+            if !json.ends_with('\n') {
+                json.push('\n');
+            }
+            print!("{json}");
             0
         }
-        Err(e) => {
-            eprintln!("meshgate-agent: {e}");
+        Err(coordinator::RunError::Unavailable { watch, error }) => {
+            eprintln!("meshgate-agent: {}", once_failed(settings, &watch, &error));
             EXIT_UNAVAILABLE
         }
     }
+}
+
+/// The last line of a `--once` that could not read Consul: where, what,
+/// and the exit code, with no promise of a retry.
+fn once_failed(settings: &Settings, watch: &str, e: &http::HttpError) -> String {
+    format!(
+        "Consul at {} could not be read ({watch}, {ONCE_ATTEMPTS} attempts): {e}; --once exits {EXIT_UNAVAILABLE}",
+        settings.consul.display_addr()
+    )
 }
 
 /// The routes file's directory must exist and take new files.

@@ -7,6 +7,10 @@
 //! long it lasted and how many watches it touched. Events that are not
 //! states (an index going backwards) are logged at most once per
 //! [`EVENT_QUIET`], with a count of those suppressed.
+//!
+//! The warning says what the agent will do about the failure, which
+//! depends on how it runs ([`OnFailure`]): keep the last good table and
+//! retry, or (`--once`) give up after a few attempts with an exit code.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -56,9 +60,28 @@ struct EventLog {
     suppressed: u64,
 }
 
+/// What the agent does after a failed request, as the warning states it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Keep the last good table and retry with backoff, forever.
+    #[default]
+    Retry,
+    /// `--once`: retry until `attempts` requests failed, then exit with
+    /// `exit_code`.
+    GiveUp {
+        /// Requests made before giving up.
+        attempts: u32,
+        /// The process exit code then.
+        exit_code: u8,
+    },
+}
+
 /// The shared problem table.
 #[derive(Debug, Default)]
 pub struct Problems {
+    /// Consul's address, for the warning.
+    consul: String,
+    on_failure: OnFailure,
     ongoing: Mutex<HashMap<ProblemKey, Ongoing>>,
     events: Mutex<HashMap<&'static str, EventLog>>,
 }
@@ -76,6 +99,33 @@ fn hint(e: &HttpError) -> &'static str {
 }
 
 impl Problems {
+    /// A table whose warnings name `consul` (the API address, as shown to
+    /// the user) and say what `on_failure` does.
+    pub fn new(consul: String, on_failure: OnFailure) -> Problems {
+        Problems {
+            consul,
+            on_failure,
+            ..Problems::default()
+        }
+    }
+
+    /// The first warning of a problem: what failed, where, and what the
+    /// agent does next.
+    fn first_warning(&self, e: &HttpError) -> String {
+        let at = if self.consul.is_empty() {
+            String::new()
+        } else {
+            format!(" at {}", self.consul)
+        };
+        let next = match self.on_failure {
+            OnFailure::Retry => "keeping the last good table and retrying with backoff (other watches with this problem log at debug)".to_owned(),
+            OnFailure::GiveUp { attempts, exit_code } => format!(
+                "--once makes {attempts} attempts per request, then exits {exit_code} without a table"
+            ),
+        };
+        format!("Consul request failing{at}: {e}{}; {next}", hint(e))
+    }
+
     /// Watch `watch` failed with `e`; `current` is the problem it was in.
     /// Returns the problem it is in now.
     pub fn fail(&self, watch: &str, current: Option<ProblemKey>, e: &HttpError) -> ProblemKey {
@@ -96,12 +146,7 @@ impl Problems {
         entry.affected_now += 1;
         entry.affected_total += 1;
         if entry.affected_now == 1 && entry.affected_total == 1 {
-            tracing::warn!(
-                watch,
-                kind = e.kind().label(),
-                "Consul request failing: {e}{}; keeping the last good table and retrying with backoff (other watches with this problem log at debug)",
-                hint(e)
-            );
+            tracing::warn!(watch, kind = e.kind().label(), "{}", self.first_warning(e));
         } else {
             tracing::debug!(watch, error = %e, "watch failing");
         }
@@ -197,6 +242,39 @@ impl Problems {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_warning_says_what_happens_next() {
+        let e = HttpError::Status {
+            code: 503,
+            body: "down".into(),
+        };
+        let serve = Problems::new("http://127.0.0.1:8500".into(), OnFailure::Retry);
+        let line = serve.first_warning(&e);
+        assert!(
+            line.starts_with(
+                "Consul request failing at http://127.0.0.1:8500: Consul answered 503"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("retrying with backoff"), "{line}");
+        let once = Problems::new(
+            "http://127.0.0.1:8500".into(),
+            OnFailure::GiveUp {
+                attempts: 3,
+                exit_code: 69,
+            },
+        );
+        let line = once.first_warning(&e);
+        assert!(
+            line.ends_with("; --once makes 3 attempts per request, then exits 69 without a table"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("retrying") && !line.contains("last good"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn one_problem_many_watches() {
