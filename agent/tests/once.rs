@@ -197,3 +197,54 @@ fn help_lists_the_exit_codes_of_the_shared_table() {
         );
     });
 }
+
+#[test]
+fn readme_table_has_the_codes_help_lists() {
+    run_bounded("readme exit codes", LIMIT, || {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+            .expect("README.md");
+        let section = readme
+            .split_once("### Exit codes")
+            .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+            .expect("README.md has an Exit codes section");
+        let mut lines = section.lines().filter(|l| l.starts_with('|'));
+        let header: Vec<&str> = lines
+            .next()
+            .expect("a table")
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        let agent_col = header
+            .iter()
+            .position(|h| h.contains("meshgate-agent"))
+            .unwrap_or_else(|| panic!("no meshgate-agent column: {header:?}"));
+        let rows: Vec<Vec<&str>> = lines
+            .filter(|l| !l.starts_with("|---"))
+            .map(|l| l.trim_matches('|').split('|').map(str::trim).collect())
+            .collect();
+        let help = agent("127.0.0.1:1", &["--help"]).stdout;
+        let (_, codes) = help.split_once("EXIT CODES").expect("EXIT CODES in --help");
+        let listed: Vec<&str> = codes
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|w| w.parse::<u8>().is_ok())
+            .collect();
+        assert!(listed.len() >= 5, "{codes}");
+        for code in listed {
+            let row = rows
+                .iter()
+                .find(|r| r[0] == code)
+                .unwrap_or_else(|| panic!("README has no row for exit code {code}"));
+            assert!(
+                !row[agent_col].is_empty(),
+                "README's row {code} is empty for meshgate-agent: {row:?}"
+            );
+        }
+        let internal = rows.iter().find(|r| r[0] == "70").expect("row 70");
+        assert!(
+            internal[agent_col].contains("internal error"),
+            "{internal:?}"
+        );
+    });
+}

@@ -218,3 +218,40 @@ fn a_bad_mode_names_the_file_and_the_field_as_spelled() {
         );
     });
 }
+
+/// The rows of README.md's "Exit codes" table, as cells.
+fn readme_exit_codes() -> Vec<Vec<String>> {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
+    let section = readme
+        .split_once("### Exit codes")
+        .map(|(_, rest)| rest.split("\n## ").next().unwrap_or(rest))
+        .expect("README.md has an Exit codes section");
+    section
+        .lines()
+        .filter(|l| l.starts_with('|') && !l.starts_with("|---"))
+        .skip(1)
+        .map(|l| {
+            l.trim_matches('|')
+                .split('|')
+                .map(|c| c.trim().to_string())
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn readme_lists_every_exit_code_of_path() {
+    let rows = readme_exit_codes();
+    for code in ["0", "1", "64", "66"] {
+        let row = rows
+            .iter()
+            .find(|r| r[0] == code)
+            .unwrap_or_else(|| panic!("README's exit-code table has no row {code}"));
+        assert!(
+            row.iter().any(|c| c.contains("path")),
+            "README's row {code} does not say `meshgate path` uses it: {row:?}"
+        );
+    }
+}
