@@ -148,7 +148,7 @@ standin_op "$NS1" '{"op":"register","name":"socat-sidecar-proxy","id":"socat-1-s
 gateway() { # NS NAME SERVICE ID LAN WAN ADMIN AGENT_ADMIN
     local ns=$1 name=$2 service=$3 id=$4 lan=$5 wan=$6
     local routes="$WORK/$name-routes.json"
-    echo '{"version": 0, "routes": []}' >"$routes"
+    echo '{"version": 0, "allow_empty": true, "routes": []}' >"$routes"
     RUST_LOG=info NO_COLOR=1 bg "$ns" "$name" "$BIN/meshgate" serve --listen "$lan" --listen "$wan" \
         --routes "$routes" --admin "$7" --shards 1 --access-log "$WORK/$name-access.log"
     wait_for "$WORK/$name.log" "listening address=$wan"

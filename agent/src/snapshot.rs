@@ -121,7 +121,10 @@ impl Writer {
         let out = Snapshot {
             version: Some(version),
             allow_empty: snapshot.routes.is_empty(),
-            allow_drop: previous.is_none_or(|p| drops_most(p, snapshot.routes.len())),
+            allow_drop: match previous {
+                Some(p) => drops_most(p, snapshot.routes.len()),
+                None => true,
+            },
             routes: snapshot.routes.clone(),
         };
         let mut text = out.to_json();

@@ -98,7 +98,11 @@ fn bench_change_latency() {
     const CHANGES: usize = 1000;
     let scratch = Scratch::new("bench-latency");
     let routes = scratch.0.join("routes.json");
-    std::fs::write(&routes, "{\"version\": 0, \"routes\": []}\n").unwrap();
+    std::fs::write(
+        &routes,
+        "{\"version\": 0, \"allow_empty\": true, \"routes\": []}\n",
+    )
+    .unwrap();
     let server = Server::start(Config::default()).unwrap();
     register_services(&server, SERVICES);
     let gateway = Gateway::start(&routes);
@@ -172,7 +176,11 @@ fn bench_change_latency() {
 fn scale(n: usize) {
     let scratch = Scratch::new("bench-scale");
     let routes = scratch.0.join("routes.json");
-    std::fs::write(&routes, "{\"version\": 0, \"routes\": []}\n").unwrap();
+    std::fs::write(
+        &routes,
+        "{\"version\": 0, \"allow_empty\": true, \"routes\": []}\n",
+    )
+    .unwrap();
     let server = Server::start(Config::default()).unwrap();
     let t = Instant::now();
     register_services(&server, n);

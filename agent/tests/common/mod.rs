@@ -291,7 +291,11 @@ impl World {
     pub fn start_with(name: &str, config: Config, flags: &[&str], env: &[(&str, &str)]) -> World {
         let scratch = Scratch::new(name);
         let routes = scratch.0.join("routes.json");
-        std::fs::write(&routes, "{\"version\": 0, \"routes\": []}\n").expect("seed routes");
+        std::fs::write(
+            &routes,
+            "{\"version\": 0, \"allow_empty\": true, \"routes\": []}\n",
+        )
+        .expect("seed routes");
         let consul = Server::start(config).expect("start the stand-in");
         let admin = consul.admin();
         let gateway = Gateway::start(&routes);

@@ -160,7 +160,11 @@ impl Gateway {
     pub fn start(ns: &Netns, dir: &Path, spec: &GatewaySpec<'_>) -> Gateway {
         let name = format!("{}/{}", ns.name(), spec.service);
         let routes = dir.join(format!("{}-{}-routes.json", ns.name(), spec.service));
-        std::fs::write(&routes, "{\"version\": 0, \"routes\": []}\n").expect("seed routes");
+        std::fs::write(
+            &routes,
+            "{\"version\": 0, \"allow_empty\": true, \"routes\": []}\n",
+        )
+        .expect("seed routes");
         let routes_s = routes.to_str().expect("utf-8 path");
         let admin = format!("127.0.0.1:{}", spec.admin_ports.0);
         let meshgate = spawn_in(
