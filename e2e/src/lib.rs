@@ -2,6 +2,7 @@
 //! datacenters (issue 6): the parts its integration test
 //! (`tests/two_dc.rs`, `tests/partitions.rs`) and `scripts/demo-two-dc.sh` share.
 //!
+//! - [`envoy`]: real Envoy sidecars, configured as Consul configures them.
 //! - [`pki`]: the mesh CA and SPIFFE leaf certificates.
 //! - [`sidecar`]: sidecar stand-ins (mutual-TLS server in front of an echo
 //!   server, mutual-TLS client), also run as the `mesh-sidecar` binary.
@@ -10,6 +11,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod envoy;
 pub mod netns;
 pub mod pki;
 pub mod sidecar;

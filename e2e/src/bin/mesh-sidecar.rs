@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use meshgate_e2e::pki::{Identity, MeshCa, TlsFiles};
-use meshgate_e2e::{service_sni, sidecar, wire};
+use meshgate_e2e::{envoy, service_sni, sidecar, wire};
 
 /// Sidecar stand-ins for a Consul service mesh: a mutual-TLS server in front
 /// of an echo server, a mutual-TLS client, a throwaway mesh CA, and a
@@ -71,6 +71,51 @@ enum Cmd {
         connect_timeout_ms: u64,
         #[command(flatten)]
         tls: TlsArgs,
+    },
+    /// Writes the bootstrap of a real Envoy sidecar, as Consul configures
+    /// one (see `meshgate_e2e::envoy`): upstream listeners with mutual-TLS
+    /// clusters, and a public listener demanding a client certificate.
+    EnvoyConfig {
+        /// The service the sidecar fronts.
+        #[arg(long)]
+        service: String,
+        /// Envoy's admin address.
+        #[arg(long)]
+        admin: SocketAddr,
+        /// An upstream: `NAME,DC,LOCAL_BIND,ENDPOINT[+ENDPOINT...]`, e.g.
+        /// `socat,dc1,127.0.0.1:8181,198.18.0.10:8443` (repeatable). The SNI
+        /// and the expected SPIFFE ID follow from NAME, DC and the trust
+        /// domain.
+        #[arg(long = "upstream")]
+        upstreams: Vec<String>,
+        /// Public listener address (omit for a sidecar that takes no
+        /// connections).
+        #[arg(long)]
+        public_listener: Option<SocketAddr>,
+        /// The application behind the public listener.
+        #[arg(long, requires = "public_listener")]
+        local_app: Option<SocketAddr>,
+        /// Trust domain, `<cluster-id>.consul`.
+        #[arg(long)]
+        trust_domain: String,
+        /// Output file (JSON).
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        tls: TlsArgs,
+    },
+    /// The application side of a sidecar: one plaintext line to an upstream
+    /// listener, and the echo back; exit 0 if it came back.
+    AppClient {
+        /// The sidecar's upstream listener.
+        #[arg(long)]
+        connect: SocketAddr,
+        /// The line to send.
+        #[arg(long, default_value = "hello through the mesh")]
+        message: String,
+        /// Timeout of each step, in milliseconds.
+        #[arg(long, default_value_t = 10000)]
+        timeout_ms: u64,
     },
     /// A plaintext echo server.
     Echo {
@@ -190,6 +235,50 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
                 }
             }
         }
+        Cmd::EnvoyConfig {
+            service,
+            admin,
+            upstreams,
+            public_listener,
+            local_app,
+            trust_domain,
+            out,
+            tls,
+        } => {
+            let mut spec = envoy::SidecarSpec::new(&service, tls.files(), admin);
+            for (i, u) in upstreams.iter().enumerate() {
+                spec = spec.upstream(upstream_arg(i, u, &trust_domain)?);
+            }
+            if let Some(listen) = public_listener {
+                let local_app = local_app.context("--public-listener needs --local-app")?;
+                spec = spec.public_listener(envoy::PublicListenerSpec {
+                    listen,
+                    local_app,
+                    allow_sources: None,
+                });
+            }
+            spec.write(&out)?;
+            println!("{}", out.display());
+            Ok(true)
+        }
+        Cmd::AppClient {
+            connect,
+            message,
+            timeout_ms,
+        } => match envoy::exchange(connect, &message, Duration::from_millis(timeout_ms)) {
+            Ok(echoed) if echoed == message => {
+                println!("app: echo ok through {connect}: {echoed:?}");
+                Ok(true)
+            }
+            Ok(other) => {
+                println!("app: echo differs: sent {message:?}, got {other:?}");
+                Ok(false)
+            }
+            Err(e) => {
+                println!("app: failed: {e:#}");
+                Ok(false)
+            }
+        },
         Cmd::Echo { listen } => sidecar::echo(bind(listen)?).map(|()| true),
         Cmd::CheckCapture { pcap, plaintext } => {
             let bytes = std::fs::read(&pcap).with_context(|| format!("{}", pcap.display()))?;
@@ -201,6 +290,38 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             Ok(s.not_tls.is_empty() && !s.plaintext_seen && s.records_of(23) > 0)
         }
     }
+}
+
+/// `--upstream NAME,DC,LOCAL_BIND,ENDPOINT[+ENDPOINT...]`.
+fn upstream_arg(i: usize, arg: &str, td: &str) -> anyhow::Result<envoy::UpstreamSpec> {
+    let parts: Vec<&str> = arg.split(',').collect();
+    let [name, dc, bind, endpoints] = parts.as_slice() else {
+        anyhow::bail!(
+            "--upstream[{i}] {arg:?}: expected NAME,DC,LOCAL_BIND,ENDPOINT[+ENDPOINT...]"
+        );
+    };
+    let bind: SocketAddr = bind
+        .parse()
+        .with_context(|| format!("--upstream[{i}] {arg:?}: local bind address {bind:?}"))?;
+    let endpoints = endpoints
+        .split('+')
+        .map(|e| e.parse::<envoy::Endpoint>())
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("--upstream[{i}] {arg:?}"))?;
+    let id = Identity {
+        trust_domain: td.to_owned(),
+        partition: None,
+        datacenter: (*dc).to_owned(),
+        service: (*name).to_owned(),
+    };
+    Ok(envoy::UpstreamSpec::new(
+        name,
+        dc,
+        bind,
+        &service_sni(name, None, dc, td),
+        &id.spiffe_id(),
+        endpoints,
+    ))
 }
 
 fn main() {
