@@ -15,10 +15,17 @@
 //! - `least_request`: power of two choices; two weighted random picks, the one
 //!   with fewer active connections (counted by [`Balancer::started`] and
 //!   [`Balancer::finished`]) wins, the first on ties.
+//!
+//! Health, as Envoy applies it to the clusters Consul gives a mesh gateway:
+//! an unhealthy endpoint takes no traffic, unless fewer than the panic
+//! threshold (50 % by default, Envoy's `healthy_panic_threshold`) of a
+//! route's endpoints are healthy: then the route is *in panic* and every
+//! endpoint takes traffic as if healthy. A threshold of 0 turns panic off,
+//! and a route with no healthy endpoint then has nothing to pick.
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::{RouteId, Table};
+use crate::table::{Route, RouteId, Table};
 
 /// How a route chooses among its endpoints.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -33,6 +40,24 @@ pub enum LbPolicy {
     Random,
 }
 
+/// Envoy's default `healthy_panic_threshold`, in percent.
+pub const DEFAULT_PANIC_THRESHOLD: u8 = 50;
+
+/// Whether route `route` is in panic under `threshold_percent`: some
+/// endpoint is unhealthy and fewer than `threshold_percent` % of its
+/// endpoints are healthy (never with a threshold of 0).
+pub fn in_panic(route: &Route, threshold_percent: u8) -> bool {
+    let total = route.endpoints.len();
+    let healthy = route.endpoints.iter().filter(|e| e.healthy).count();
+    healthy < total && healthy * 100 < usize::from(threshold_percent) * total
+}
+
+/// Whether endpoint `index` of `route` may take traffic: it is healthy, or
+/// the route is in panic (`in_panic` as computed by [`in_panic`]).
+pub fn eligible(route: &Route, index: usize, in_panic: bool) -> bool {
+    in_panic || route.endpoints.get(index).is_some_and(|e| e.healthy)
+}
+
 /// Per-route state: where its endpoints' slots are and what it needs to pick.
 #[derive(Debug, Clone, Copy)]
 struct RouteState {
@@ -40,16 +65,23 @@ struct RouteState {
     start: usize,
     /// Number of endpoints (and slots; 0 slots for a single endpoint).
     len: usize,
-    /// Sum of the weights.
+    /// Sum of the weights of the endpoints that may take traffic; 0 when
+    /// none may.
     total: u64,
     policy: LbPolicy,
-    /// All weights equal: random picks need no search.
+    /// Every endpoint may take traffic and all weights are equal: random
+    /// picks need no search.
     uniform: bool,
+    /// Fewer healthy endpoints than the threshold: all take traffic.
+    panic: bool,
 }
 
 /// Per-endpoint state.
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
+    /// The weight this endpoint picks with: its own, or 0 while it is
+    /// unhealthy and the route is not in panic.
+    weight: u32,
     /// Smooth weighted round robin's current weight.
     current: i64,
     /// Sum of the weights of the endpoints up to and including this one.
@@ -67,9 +99,16 @@ pub struct Balancer {
 }
 
 impl Balancer {
-    /// Allocates the state for every route of `table`. `seed` seeds the
-    /// random generator; give each shard a different one.
+    /// [`Balancer::with_panic_threshold`] at Envoy's default of 50 %.
     pub fn new(table: &Table, seed: u64) -> Balancer {
+        Balancer::with_panic_threshold(table, seed, DEFAULT_PANIC_THRESHOLD)
+    }
+
+    /// Allocates the state for every route of `table`. `seed` seeds the
+    /// random generator; give each shard a different one. Below
+    /// `panic_threshold` % healthy endpoints (0..=100; 0: never) a route
+    /// sends to all of its endpoints.
+    pub fn with_panic_threshold(table: &Table, seed: u64, panic_threshold: u8) -> Balancer {
         let slot_count = table
             .routes()
             .iter()
@@ -82,18 +121,23 @@ impl Balancer {
             .iter()
             .map(|route| {
                 let start = slots.len();
-                let weights = route.endpoints.iter().map(|e| u64::from(e.weight));
+                let panic = in_panic(route, panic_threshold);
+                let weights = route.endpoints.iter().map(|e| match panic || e.healthy {
+                    true => e.weight,
+                    false => 0,
+                });
                 let mut total = 0;
                 if route.endpoints.len() > 1 {
                     for weight in weights.clone() {
-                        total += weight;
+                        total += u64::from(weight);
                         slots.push(Slot {
+                            weight,
                             cumulative: total,
                             ..Slot::default()
                         });
                     }
                 } else {
-                    total = weights.sum();
+                    total = weights.map(u64::from).sum();
                 }
                 let first = route.endpoints.first().map(|e| e.weight);
                 RouteState {
@@ -101,7 +145,11 @@ impl Balancer {
                     len: route.endpoints.len(),
                     total,
                     policy: route.lb_policy,
-                    uniform: route.endpoints.iter().all(|e| Some(e.weight) == first),
+                    uniform: route
+                        .endpoints
+                        .iter()
+                        .all(|e| Some(e.weight) == first && (panic || e.healthy)),
+                    panic,
                 }
             })
             .collect();
@@ -112,17 +160,23 @@ impl Balancer {
         }
     }
 
-    /// Chooses an endpoint of route `id`; returns its index into
-    /// `table.route(id).endpoints`. With a single endpoint, returns 0 at once.
+    /// Chooses an endpoint of route `id` among those that may take traffic
+    /// (healthy, or all while the route is in panic); returns its index
+    /// into `table.route(id).endpoints`, or `None` when none may (every
+    /// endpoint unhealthy with panic turned off). A single endpoint that
+    /// may take traffic is picked at once.
     ///
     /// # Panics
     ///
     /// If `table` is not the table this balancer was built for: `id` out of
     /// range, or the route's endpoint count differs.
-    pub fn pick(&mut self, table: &Table, id: RouteId) -> usize {
+    pub fn pick(&mut self, table: &Table, id: RouteId) -> Option<usize> {
         let state = self.routes[id.index()];
+        if state.total == 0 {
+            return None;
+        }
         if state.len <= 1 {
-            return 0;
+            return Some(0);
         }
         let endpoints = &table.route(id).endpoints;
         assert_eq!(
@@ -131,12 +185,14 @@ impl Balancer {
             "Balancer::pick called with another table"
         );
         let slots = &mut self.slots[state.start..state.start + state.len];
-        match state.policy {
+        Some(match state.policy {
             LbPolicy::RoundRobin => {
+                // A slot of weight 0 never wins: after the additions the
+                // currents sum to `total > 0`, so the largest is above 0.
                 let mut best = 0;
                 let mut best_current = i64::MIN;
-                for (i, (slot, endpoint)) in slots.iter_mut().zip(endpoints.iter()).enumerate() {
-                    slot.current += i64::from(endpoint.weight);
+                for (i, slot) in slots.iter_mut().enumerate() {
+                    slot.current += i64::from(slot.weight);
                     if slot.current > best_current {
                         best = i;
                         best_current = slot.current;
@@ -156,7 +212,13 @@ impl Balancer {
                     a
                 }
             }
-        }
+        })
+    }
+
+    /// Whether route `id` is in panic (its unhealthy endpoints take
+    /// traffic too); `false` for an unknown id.
+    pub fn in_panic(&self, id: RouteId) -> bool {
+        self.routes.get(id.index()).is_some_and(|s| s.panic)
     }
 
     /// Records that a connection to `endpoint` of route `id` opened. Counts
@@ -204,7 +266,8 @@ fn weighted(rng: &mut SplitMix64, slots: &[Slot], state: RouteState) -> usize {
     }
     let point = rng.below(state.total);
     // First slot whose cumulative weight is above `point`; always < len
-    // because the last cumulative is `total > point`.
+    // because the last cumulative is `total > point`, and never a slot of
+    // weight 0 (its cumulative equals the one before it).
     slots.partition_point(|slot| slot.cumulative <= point)
 }
 
@@ -255,7 +318,7 @@ mod tests {
         let mut b = Balancer::new(&t, 42);
         let mut counts = vec![0; weights.len()];
         for _ in 0..picks {
-            counts[b.pick(&t, MANY)] += 1;
+            counts[b.pick(&t, MANY).unwrap()] += 1;
         }
         counts
     }
@@ -266,7 +329,7 @@ mod tests {
         let t = table("round_robin", &[5, 1, 1]);
         let mut b = Balancer::new(&t, 0);
         let seq: String = (0..14)
-            .map(|_| (b'a' + b.pick(&t, MANY) as u8) as char)
+            .map(|_| (b'a' + b.pick(&t, MANY).unwrap() as u8) as char)
             .collect();
         assert_eq!(seq, "aabacaaaabacaa");
         assert_eq!(&seq[..7], "aabacaa");
@@ -304,7 +367,7 @@ mod tests {
         }
         let mut seen = [0; 3];
         for _ in 0..30_000 {
-            seen[b.pick(&t, MANY)] += 1;
+            seen[b.pick(&t, MANY).unwrap()] += 1;
         }
         // P(both candidates are 0) = 1/9.
         assert!((2_800..=3_900).contains(&seen[0]), "{seen:?}");
@@ -320,7 +383,7 @@ mod tests {
         let mut b = Balancer::new(&t, 3);
         // Open connections as picked, never close: counts stay balanced.
         for _ in 0..1000 {
-            let e = b.pick(&t, MANY);
+            let e = b.pick(&t, MANY).unwrap();
             b.started(MANY, e);
         }
         let (a, c) = (b.active(MANY, 0), b.active(MANY, 1));
@@ -346,7 +409,7 @@ mod tests {
         for policy in ["round_robin", "random", "least_request"] {
             let t = table(policy, &[1, 2]);
             let mut b = Balancer::new(&t, 1);
-            assert!((0..10).all(|_| b.pick(&t, RouteId(0)) == 0));
+            assert!((0..10).all(|_| b.pick(&t, RouteId(0)) == Some(0)));
         }
     }
 
@@ -374,5 +437,63 @@ mod tests {
             ["\"round_robin\"", "\"least_request\"", "\"random\""]
         );
         assert_eq!(LbPolicy::default(), LbPolicy::RoundRobin);
+    }
+
+    fn health_table(policy: &str, healthy: &[bool]) -> Table {
+        let endpoints: Vec<String> = healthy
+            .iter()
+            .enumerate()
+            .map(|(i, h)| format!("{{ address = \"10.0.0.{}:80\", healthy = {h} }}", i + 1))
+            .collect();
+        let text = format!(
+            "[[routes]]\nsni = \"one.x\"\nendpoints = [{{ address = \"10.9.9.9:1\", healthy = false }}]\n\
+             [[routes]]\nsni = \"many.x\"\nendpoints = [{}]\nlb_policy = \"{policy}\"\n",
+            endpoints.join(", ")
+        );
+        Table::parse(&text, Format::Toml).unwrap()
+    }
+
+    fn spread(t: &Table, threshold: u8, picks: usize) -> Vec<usize> {
+        let mut b = Balancer::with_panic_threshold(t, 5, threshold);
+        let mut seen = vec![0; t.route(MANY).endpoints.len()];
+        for _ in 0..picks {
+            seen[b.pick(t, MANY).unwrap()] += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn unhealthy_endpoints_take_traffic_only_in_panic() {
+        for policy in ["round_robin", "random", "least_request"] {
+            // 2 of 3 healthy (67 % >= 50 %): only the healthy ones.
+            let t = health_table(policy, &[true, false, true]);
+            let seen = spread(&t, 50, 3000);
+            assert_eq!(seen[1], 0, "{policy}: {seen:?}");
+            assert!(seen[0] > 1000 && seen[2] > 1000, "{policy}: {seen:?}");
+            assert!(!Balancer::with_panic_threshold(&t, 1, 50).in_panic(MANY));
+
+            // 1 of 3 healthy (33 % < 50 %): panic, all three.
+            let t = health_table(policy, &[false, true, false]);
+            assert!(Balancer::with_panic_threshold(&t, 1, 50).in_panic(MANY));
+            let seen = spread(&t, 50, 3000);
+            assert!(seen.iter().all(|&n| n > 700), "{policy}: {seen:?}");
+            // Panic off: only the healthy one.
+            let seen = spread(&t, 0, 3000);
+            assert_eq!(seen, [0, 3000, 0], "{policy}");
+        }
+    }
+
+    #[test]
+    fn no_healthy_endpoint_and_no_panic_picks_nothing() {
+        let t = health_table("round_robin", &[false, false]);
+        let mut b = Balancer::with_panic_threshold(&t, 1, 0);
+        assert_eq!(b.pick(&t, MANY), None);
+        assert_eq!(b.pick(&t, RouteId(0)), None);
+        // With the default threshold both routes are in panic and pick.
+        let mut b = Balancer::new(&t, 1);
+        assert!(b.pick(&t, MANY).is_some());
+        assert_eq!(b.pick(&t, RouteId(0)), Some(0));
+        assert!(in_panic(t.route(RouteId(0)), 50));
+        assert!(eligible(t.route(MANY), 1, true) && !eligible(t.route(MANY), 1, false));
     }
 }

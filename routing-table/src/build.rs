@@ -16,8 +16,8 @@ use crate::balance::LbPolicy;
 use crate::error::{RouteProblem, SnapshotError};
 use crate::hash::FoldBuildHasher;
 use crate::name::Pattern;
-use crate::snapshot::{EndpointSpec, RouteSpec};
-use crate::table::{Endpoint, Route, MAX_CONNECT_TIMEOUT_MS, MAX_WEIGHT};
+use crate::snapshot::{EndpointSpec, KeepaliveSpec, ListenerSpec, RouteSpec};
+use crate::table::{Endpoint, Keepalive, Listener, Route, MAX_CONNECT_TIMEOUT_MS, MAX_WEIGHT};
 
 /// Above this many endpoints, duplicates are found with a map instead of a scan.
 const SCAN_LIMIT: usize = 16;
@@ -34,6 +34,8 @@ pub(crate) trait RouteSource {
     fn connect_timeout_ms(&self) -> Option<u64>;
     /// `lb_policy` as written.
     fn lb_policy(&self) -> Option<LbPolicy>;
+    /// `keepalive` as written.
+    fn keepalive(&self) -> Option<KeepaliveSpec>;
 }
 
 /// An endpoint as written: an [`EndpointSpec`], or one read by `json.rs`.
@@ -42,6 +44,8 @@ pub(crate) trait EndpointSource {
     fn address(&self) -> &str;
     /// The weight, with the default of 1 applied.
     fn weight(&self) -> u32;
+    /// The health, with the default of healthy applied.
+    fn healthy(&self) -> bool;
 }
 
 impl RouteSource for RouteSpec {
@@ -58,6 +62,9 @@ impl RouteSource for RouteSpec {
     fn lb_policy(&self) -> Option<LbPolicy> {
         self.lb_policy
     }
+    fn keepalive(&self) -> Option<KeepaliveSpec> {
+        self.keepalive
+    }
 }
 
 impl EndpointSource for EndpointSpec {
@@ -66,6 +73,9 @@ impl EndpointSource for EndpointSpec {
     }
     fn weight(&self) -> u32 {
         EndpointSpec::weight(self)
+    }
+    fn healthy(&self) -> bool {
+        EndpointSpec::healthy(self)
     }
 }
 
@@ -120,13 +130,81 @@ pub(crate) fn route<R: RouteSource>(index: usize, spec: &R) -> Result<Route, Sna
         }
     };
 
+    let keepalive = match spec.keepalive() {
+        None => None,
+        Some(k) => {
+            let check = |field: &str, value: Option<u32>, max: u32| match value {
+                Some(v) if !(1..=max).contains(&v) => Err(fail(
+                    format!("keepalive.{field}"),
+                    RouteProblem::OutOfRange {
+                        value: u64::from(v),
+                        min: 1,
+                        max: u64::from(max),
+                    },
+                )),
+                _ => Ok(value),
+            };
+            Some(Keepalive {
+                time_secs: check("time_secs", k.time_secs, MAX_KEEPALIVE_SECS)?,
+                interval_secs: check("interval_secs", k.interval_secs, MAX_KEEPALIVE_SECS)?,
+                probes: check("probes", k.probes, MAX_KEEPALIVE_PROBES)?,
+            })
+        }
+    };
+
     Ok(Route {
         sni: pattern.text,
         kind: pattern.kind,
         endpoints: endpoints.into_boxed_slice(),
         connect_timeout,
         lb_policy: spec.lb_policy().unwrap_or_default(),
+        keepalive,
     })
+}
+
+/// Longest keepalive idle time and interval Linux accepts, in seconds.
+const MAX_KEEPALIVE_SECS: u32 = 32_767;
+/// Most keepalive probes Linux accepts.
+const MAX_KEEPALIVE_PROBES: u32 = 127;
+
+/// Validates the gateway's listening addresses: each an `IP:port` literal
+/// with a non-zero port and a unicast (or unspecified) IP, no address twice.
+pub(crate) fn listeners(specs: &[ListenerSpec]) -> Result<Box<[Listener]>, SnapshotError> {
+    let mut out: Vec<Listener> = Vec::with_capacity(specs.len());
+    for (index, spec) in specs.iter().enumerate() {
+        let fail = |field: &str, problem: String| SnapshotError::Listener {
+            index,
+            name: spec.name.clone(),
+            field: field.to_owned(),
+            problem,
+        };
+        if spec.name.is_empty() {
+            return Err(fail("name", "must not be empty".into()));
+        }
+        let addr = addr::parse(&spec.address).ok_or_else(|| {
+            fail(
+                "address",
+                format!("{:?} is not an IP:port literal", spec.address),
+            )
+        })?;
+        if addr.port() == 0 {
+            return Err(fail("address", "port 0 is not a listening port".into()));
+        }
+        if addr.ip().is_multicast() {
+            return Err(fail(
+                "address",
+                format!("{} is a multicast address", addr.ip()),
+            ));
+        }
+        if let Some(first) = out.iter().position(|l| l.addr == addr) {
+            return Err(fail("address", format!("duplicates listeners[{first}]")));
+        }
+        out.push(Listener {
+            name: spec.name.clone(),
+            addr,
+        });
+    }
+    Ok(out.into_boxed_slice())
 }
 
 /// Validates one endpoint; on error returns the field (`address` or
@@ -157,7 +235,11 @@ fn endpoint(spec: &impl EndpointSource) -> Result<Endpoint, (&'static str, Route
         };
         return Err(("weight", problem));
     }
-    Ok(Endpoint { addr, weight })
+    Ok(Endpoint {
+        addr,
+        weight,
+        healthy: spec.healthy(),
+    })
 }
 
 #[cfg(test)]
@@ -443,6 +525,81 @@ mod tests {
         assert_eq!(
             shown,
             r#"routes[0] (sni "a\nb"): sni: invalid name: byte 0x0a (\n) at offset 1 is not allowed (only A-Z a-z 0-9 _ - .)"#
+        );
+    }
+
+    #[test]
+    fn listeners_keepalive_and_health_are_validated() {
+        let parse = |text: &str| Table::parse(text, Format::Toml);
+        let ok = parse(
+            "[[listeners]]\nname = \"default\"\naddress = \"0.0.0.0:8443\"\n\
+             [[listeners]]\nname = \"wan\"\naddress = \"[2001:db8::1]:443\"\n\
+             [[routes]]\nsni = \"a.example\"\nendpoints = [{ address = \"10.0.0.1:1\", healthy = false }, \"10.0.0.2:1\"]\n\
+             keepalive = { time_secs = 60, probes = 3 }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.listeners().len(), 2);
+        assert_eq!(ok.listeners()[1].name, "wan");
+        let route = &ok.routes()[0];
+        assert!(!route.endpoints[0].healthy && route.endpoints[1].healthy);
+        let k = route.keepalive.unwrap();
+        assert_eq!(
+            (k.time_secs, k.interval_secs, k.probes),
+            (Some(60), None, Some(3))
+        );
+        // What the table writes back reads the same.
+        assert_eq!(Table::build(&ok.to_snapshot()).unwrap(), ok);
+
+        let listener_error = |body: &str| {
+            parse(&format!(
+                "{body}\n[[routes]]\nsni = \"a.b\"\nendpoints = [\"10.0.0.1:1\"]\n"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        let e = listener_error("[[listeners]]\nname = \"x\"\naddress = \"gw.example:443\"");
+        assert!(e.starts_with("listeners[0] (name \"x\"): address: "), "{e}");
+        let e = listener_error("[[listeners]]\nname = \"x\"\naddress = \"10.0.0.1:0\"");
+        assert!(e.contains("port 0"), "{e}");
+        let e = listener_error(
+            "[[listeners]]\nname = \"a\"\naddress = \"10.0.0.1:1\"\n[[listeners]]\nname = \"b\"\naddress = \"10.0.0.1:1\"",
+        );
+        assert!(
+            e.starts_with("listeners[1] (name \"b\"): address: duplicates listeners[0]"),
+            "{e}"
+        );
+        let e = listener_error("[[listeners]]\nname = \"\"\naddress = \"10.0.0.1:1\"");
+        assert!(e.contains("name: must not be empty"), "{e}");
+
+        let problem = refuse_field(
+            &format!(
+                "sni = \"{SNI}\"\nendpoints = [\"10.0.0.1:1\"]\nkeepalive = {{ probes = 200 }}"
+            ),
+            SNI,
+            "keepalive.probes",
+        );
+        assert_eq!(
+            problem,
+            RouteProblem::OutOfRange {
+                value: 200,
+                min: 1,
+                max: 127
+            }
+        );
+        let problem = refuse_field(
+            &format!(
+                "sni = \"{SNI}\"\nendpoints = [\"10.0.0.1:1\"]\nkeepalive = {{ time_secs = 0 }}"
+            ),
+            SNI,
+            "keepalive.time_secs",
+        );
+        assert_eq!(
+            problem,
+            RouteProblem::OutOfRange {
+                value: 0,
+                min: 1,
+                max: 32767
+            }
         );
     }
 }

@@ -229,6 +229,7 @@ mod tests {
             endpoints: vec![EndpointSpec::Addr("198.18.0.10:8443".into())],
             connect_timeout_ms: None,
             lb_policy: None,
+            keepalive: None,
         };
         let snapshot = Snapshot {
             version: Some(1),
@@ -239,6 +240,7 @@ mod tests {
                 route(gateway_wildcard("dc2", "team-a", TD)),
                 route(service_sni("api", "", "", "", "dc1", TD)),
             ],
+            listeners: Vec::new(),
         };
         let t = Table::build(&snapshot).unwrap();
         let hit = |name: String| t.lookup(name.as_bytes()).map(|m| (m.id.0, m.kind));

@@ -56,6 +56,18 @@ pub enum SnapshotError {
         /// Version of the refused snapshot.
         offered: u64,
     },
+    /// One field of one of the gateway's `listeners` is invalid.
+    #[error("listeners[{index}] (name {name:?}): {field}: {problem}")]
+    Listener {
+        /// Index in `listeners`.
+        index: usize,
+        /// Its `name` as written.
+        name: String,
+        /// `name` or `address`.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// The text is empty (or only whitespace): a file caught half-written,
     /// or truncated, never a table.
     #[error("the {format} routes file is empty (no version, no routes)")]
@@ -154,6 +166,16 @@ pub enum RouteProblem {
         /// The offending timeout in milliseconds.
         ms: u64,
         /// The largest timeout allowed, in milliseconds.
+        max: u64,
+    },
+    /// A number outside its range (a keepalive setting).
+    #[error("{value} is out of range {min}..={max}")]
+    OutOfRange {
+        /// The offending value.
+        value: u64,
+        /// The smallest value allowed.
+        min: u64,
+        /// The largest value allowed.
         max: u64,
     },
 }

@@ -497,10 +497,12 @@ mod tests {
             endpoints: vec![Endpoint {
                 addr: "10.0.0.1:1".parse().unwrap(),
                 weight: 1,
+                healthy: true,
             }]
             .into_boxed_slice(),
             connect_timeout: None,
             lb_policy: LbPolicy::RoundRobin,
+            keepalive: None,
         }
     }
 

@@ -19,7 +19,7 @@
 use crate::balance::LbPolicy;
 use crate::build::{self, EndpointSource, RouteSource};
 use crate::error::SnapshotError;
-use crate::snapshot::{self, EndpointSpec, RouteSpec};
+use crate::snapshot::{self, EndpointSpec, KeepaliveSpec, ListenerSpec, RouteSpec};
 use crate::swar::{bytes_equal, control_bytes, load, HIGH};
 use crate::table;
 
@@ -65,12 +65,13 @@ pub(crate) fn parse_owned(text: &str) -> Option<snapshot::Snapshot> {
         version: header.version,
         allow_empty: header.allow_empty,
         allow_drop: header.allow_drop,
+        listeners: header.listeners,
         routes,
     })
 }
 
 /// The top-level members of a snapshot other than its routes.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Header {
     /// `version`, if present.
     pub(crate) version: Option<u64>,
@@ -78,6 +79,8 @@ pub(crate) struct Header {
     pub(crate) allow_empty: bool,
     /// `allow_drop`, false when absent.
     pub(crate) allow_drop: bool,
+    /// `listeners`, empty when absent (a few at most: read owned).
+    pub(crate) listeners: Vec<ListenerSpec>,
 }
 
 /// Reads the whole of `text` into `sink`.
@@ -103,6 +106,7 @@ trait Sink<'a> {
         sni: &'a str,
         connect_timeout_ms: Option<u64>,
         lb_policy: Option<LbPolicy>,
+        keepalive: Option<KeepaliveSpec>,
     ) -> Self::Route;
 }
 
@@ -130,6 +134,7 @@ impl<'a> Sink<'a> for Building<'a> {
         sni: &'a str,
         connect_timeout_ms: Option<u64>,
         lb_policy: Option<LbPolicy>,
+        keepalive: Option<KeepaliveSpec>,
     ) -> Option<table::Route> {
         let index = self.index;
         self.index += 1;
@@ -141,6 +146,7 @@ impl<'a> Sink<'a> for Building<'a> {
             endpoints: &self.endpoints,
             connect_timeout_ms,
             lb_policy,
+            keepalive,
         };
         let built = build::route(index, &read);
         self.endpoints.clear();
@@ -164,6 +170,7 @@ impl<'a> Sink<'a> for Owned {
             true => EndpointSpec::Weighted {
                 address,
                 weight: endpoint.weight,
+                healthy: endpoint.healthy,
             },
         });
     }
@@ -173,12 +180,14 @@ impl<'a> Sink<'a> for Owned {
         sni: &'a str,
         connect_timeout_ms: Option<u64>,
         lb_policy: Option<LbPolicy>,
+        keepalive: Option<KeepaliveSpec>,
     ) -> RouteSpec {
         RouteSpec {
             sni: sni.to_owned(),
             endpoints: self.endpoints.drain(..).collect(),
             connect_timeout_ms,
             lb_policy,
+            keepalive,
         }
     }
 }
@@ -189,12 +198,14 @@ struct Read<'s, 'a> {
     endpoints: &'s [Endpoint<'a>],
     connect_timeout_ms: Option<u64>,
     lb_policy: Option<LbPolicy>,
+    keepalive: Option<KeepaliveSpec>,
 }
 
 /// An endpoint as read.
 pub(crate) struct Endpoint<'a> {
     address: &'a str,
     weight: Option<u32>,
+    healthy: Option<bool>,
     /// Written as `{ "address": ... }`, not as a bare string.
     table: bool,
 }
@@ -213,6 +224,9 @@ impl<'a> RouteSource for Read<'_, 'a> {
     fn lb_policy(&self) -> Option<LbPolicy> {
         self.lb_policy
     }
+    fn keepalive(&self) -> Option<KeepaliveSpec> {
+        self.keepalive
+    }
 }
 
 impl EndpointSource for Endpoint<'_> {
@@ -221,6 +235,9 @@ impl EndpointSource for Endpoint<'_> {
     }
     fn weight(&self) -> u32 {
         self.weight.unwrap_or(1)
+    }
+    fn healthy(&self) -> bool {
+        self.healthy.unwrap_or(true)
     }
 }
 
@@ -236,12 +253,21 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
         let mut version = None;
         let mut allow_empty = None;
         let mut allow_drop = None;
+        let mut listeners = None;
         let mut routes = None;
         self.object(|r, key| {
             match key {
                 "version" if version.is_none() => version = Some(r.integer()?),
                 "allow_empty" if allow_empty.is_none() => allow_empty = Some(r.boolean()?),
                 "allow_drop" if allow_drop.is_none() => allow_drop = Some(r.boolean()?),
+                "listeners" if listeners.is_none() => {
+                    let mut list = Vec::new();
+                    r.array(|r| {
+                        list.push(r.listener()?);
+                        Some(())
+                    })?;
+                    listeners = Some(list);
+                }
                 "routes" if routes.is_none() => {
                     let mut list = Vec::new();
                     r.array(|r| {
@@ -258,6 +284,7 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
             version,
             allow_empty: allow_empty.unwrap_or(false),
             allow_drop: allow_drop.unwrap_or(false),
+            listeners: listeners.unwrap_or_default(),
         };
         Some((header, routes.unwrap_or_default()))
     }
@@ -267,6 +294,7 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
         let mut endpoints = false;
         let mut connect_timeout_ms = None;
         let mut lb_policy = None;
+        let mut keepalive = None;
         self.object(|r, key| {
             match key {
                 "sni" if sni.is_none() => sni = Some(r.string()?),
@@ -281,6 +309,7 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
                 "connect_timeout_ms" if connect_timeout_ms.is_none() => {
                     connect_timeout_ms = Some(r.integer()?);
                 }
+                "keepalive" if keepalive.is_none() => keepalive = Some(r.keepalive()?),
                 "lb_policy" if lb_policy.is_none() => {
                     lb_policy = Some(match r.string()? {
                         "round_robin" => LbPolicy::RoundRobin,
@@ -295,7 +324,10 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
         })?;
         // `endpoints` is required, like `sni`.
         endpoints.then_some(())?;
-        Some(self.sink.route(sni?, connect_timeout_ms, lb_policy))
+        Some(
+            self.sink
+                .route(sni?, connect_timeout_ms, lb_policy, keepalive),
+        )
     }
 
     fn endpoint(&mut self) -> Option<Endpoint<'a>> {
@@ -304,15 +336,18 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
             return Some(Endpoint {
                 address,
                 weight: None,
+                healthy: None,
                 table: false,
             });
         }
         let mut address = None;
         let mut weight = None;
+        let mut healthy = None;
         self.object(|r, key| {
             match key {
                 "address" if address.is_none() => address = Some(r.string()?),
                 "weight" if weight.is_none() => weight = Some(u32::try_from(r.integer()?).ok()?),
+                "healthy" if healthy.is_none() => healthy = Some(r.boolean()?),
                 _ => return None,
             }
             Some(())
@@ -320,7 +355,46 @@ impl<'a, S: Sink<'a>> Reader<'a, S> {
         Some(Endpoint {
             address: address?,
             weight,
+            healthy,
             table: true,
+        })
+    }
+
+    /// `{"time_secs": N, "interval_secs": N, "probes": N}`, each optional.
+    fn keepalive(&mut self) -> Option<KeepaliveSpec> {
+        let mut k = KeepaliveSpec::default();
+        let mut seen = [false; 3];
+        self.object(|r, key| {
+            let (slot, i) = match key {
+                "time_secs" => (&mut k.time_secs, 0),
+                "interval_secs" => (&mut k.interval_secs, 1),
+                "probes" => (&mut k.probes, 2),
+                _ => return None,
+            };
+            if std::mem::replace(&mut seen[i], true) {
+                return None;
+            }
+            *slot = Some(u32::try_from(r.integer()?).ok()?);
+            Some(())
+        })?;
+        Some(k)
+    }
+
+    /// `{"name": "...", "address": "..."}`, both required.
+    fn listener(&mut self) -> Option<ListenerSpec> {
+        let mut name = None;
+        let mut address = None;
+        self.object(|r, key| {
+            match key {
+                "name" if name.is_none() => name = Some(r.string()?),
+                "address" if address.is_none() => address = Some(r.string()?),
+                _ => return None,
+            }
+            Some(())
+        })?;
+        Some(ListenerSpec {
+            name: name?.to_owned(),
+            address: address?.to_owned(),
         })
     }
 
@@ -527,6 +601,10 @@ mod tests {
             r#"{"version": 3, "allow_empty": true, "routes": []}"#,
             r#"{"allow_drop": false, "allow_empty": false}"#,
             r#"{"allow_drop": true, "version": 1}"#,
+            r#"{"listeners": [{"name": "default", "address": "10.0.0.5:8443"}, {"address": "[::]:443", "name": "wan"}], "routes": []}"#,
+            r#"{"listeners": [], "routes": [{"sni": "a", "endpoints": [{"address": "10.0.0.1:1", "healthy": false}, {"address": "10.0.0.2:1", "weight": 2, "healthy": true}], "keepalive": {"time_secs": 60, "probes": 3}}]}"#,
+            r#"{"routes": [{"sni": "a", "endpoints": ["10.0.0.1:1"], "keepalive": {}}]}"#,
+            r#"{"routes": [{"sni": "a", "endpoints": ["10.0.0.1:1"], "keepalive": {"time_secs": 0, "interval_secs": 99999}}]}"#,
         ] {
             assert!(agree(text), "{text}");
         }
@@ -537,6 +615,10 @@ mod tests {
             r#"{"allow_empty": 1}"#,
             r#"{"allow_empty": tru}"#,
             r#"{"allow_drop": true, "allow_drop": true}"#,
+            r#"{"listeners": [{"name": "a"}]}"#,
+            r#"{"listeners": [{"name": "a", "address": "x", "port": 1}]}"#,
+            r#"{"routes": [{"sni": "a", "endpoints": ["10.0.0.1:1"], "keepalive": {"probes": 1, "probes": 2}}]}"#,
+            r#"{"routes": [{"sni": "a", "endpoints": [{"address": "10.0.0.1:1", "healthy": 0}]}]}"#,
         ] {
             assert!(!agree(text), "{text}");
         }

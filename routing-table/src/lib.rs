@@ -31,7 +31,7 @@
 //! let sni = consul::service_sni("api", "", "", "", "dc2", td);
 //! let hit = table.lookup(sni.as_bytes()).expect("routed");
 //! assert!(matches!(hit.kind, MatchKind::Wildcard { .. }));
-//! let endpoint = hit.route.endpoints[balancer.pick(&table, hit.id)];
+//! let endpoint = hit.route.endpoints[balancer.pick(&table, hit.id).expect("a healthy endpoint")];
 //! assert_eq!(endpoint.addr.port(), 8443);
 //! # Ok::<(), routing_table::SnapshotError>(())
 //! ```
@@ -54,13 +54,13 @@ mod snapshot;
 mod swar;
 mod table;
 
-pub use balance::{Balancer, LbPolicy};
+pub use balance::{eligible, in_panic, Balancer, LbPolicy, DEFAULT_PANIC_THRESHOLD};
 pub use error::{NameError, RouteProblem, SnapshotError};
 pub use gateway_mode::{MeshGatewayMode, ModeSettings, ModeSource};
 pub use name::{MAX_LABEL_LEN, MAX_NAME_LEN};
 pub use replace::{check_alone, check_replacement, drops_most, Intent, DROP_GUARD_MIN_ROUTES};
-pub use snapshot::{EndpointSpec, Format, RouteSpec, Snapshot};
+pub use snapshot::{EndpointSpec, Format, KeepaliveSpec, ListenerSpec, RouteSpec, Snapshot};
 pub use table::{
-    Endpoint, Match, MatchKind, PatternKind, Route, RouteId, Table, MAX_CONNECT_TIMEOUT_MS,
-    MAX_ROUTES, MAX_WEIGHT,
+    Endpoint, Keepalive, Listener, Match, MatchKind, PatternKind, Route, RouteId, Table,
+    MAX_CONNECT_TIMEOUT_MS, MAX_ROUTES, MAX_WEIGHT,
 };

@@ -107,9 +107,18 @@ mod tests {
 
     #[test]
     fn an_empty_table_must_say_so() {
-        assert_eq!(check_alone(&table(Some(1), 0, "")), Err(SnapshotError::NoRoutes));
-        assert_eq!(check_alone(&table(None, 0, "")), Err(SnapshotError::NoRoutes));
-        assert_eq!(check_alone(&table(Some(1), 0, "allow_empty = true")), Ok(()));
+        assert_eq!(
+            check_alone(&table(Some(1), 0, "")),
+            Err(SnapshotError::NoRoutes)
+        );
+        assert_eq!(
+            check_alone(&table(None, 0, "")),
+            Err(SnapshotError::NoRoutes)
+        );
+        assert_eq!(
+            check_alone(&table(Some(1), 0, "allow_empty = true")),
+            Ok(())
+        );
         assert_eq!(check_alone(&table(None, 1, "")), Ok(()));
         let current = table(Some(1), 3, "");
         assert_eq!(
@@ -117,7 +126,10 @@ mod tests {
             Err(SnapshotError::NoRoutes)
         );
         assert_eq!(
-            check_replacement(&table(Some(1), 40, ""), &table(Some(2), 0, "allow_empty = true")),
+            check_replacement(
+                &table(Some(1), 40, ""),
+                &table(Some(2), 0, "allow_empty = true")
+            ),
             Ok(())
         );
     }
@@ -125,7 +137,10 @@ mod tests {
     #[test]
     fn an_empty_text_is_never_a_table() {
         for format in [Format::Toml, Format::Json] {
-            assert_eq!(Table::parse("\n  ", format), Err(SnapshotError::EmptyText { format }));
+            assert_eq!(
+                Table::parse("\n  ", format),
+                Err(SnapshotError::EmptyText { format })
+            );
         }
     }
 
@@ -138,13 +153,19 @@ mod tests {
         );
         assert_eq!(
             check_replacement(&v9, &table(Some(8), 3, "")),
-            Err(SnapshotError::VersionRegressed { current: 9, offered: 8 })
+            Err(SnapshotError::VersionRegressed {
+                current: 9,
+                offered: 8
+            })
         );
         assert_eq!(check_replacement(&v9, &table(Some(9), 3, "")), Ok(()));
         assert_eq!(check_replacement(&v9, &table(Some(10), 3, "")), Ok(()));
         let unversioned = table(None, 3, "");
         assert_eq!(check_replacement(&unversioned, &table(None, 2, "")), Ok(()));
-        assert_eq!(check_replacement(&unversioned, &table(Some(1), 2, "")), Ok(()));
+        assert_eq!(
+            check_replacement(&unversioned, &table(Some(1), 2, "")),
+            Ok(())
+        );
     }
 
     #[test]
@@ -152,10 +173,16 @@ mod tests {
         let big = table(Some(1), 20, "");
         assert_eq!(
             check_replacement(&big, &table(Some(2), 9, "")),
-            Err(SnapshotError::DropsMost { current: 20, offered: 9 })
+            Err(SnapshotError::DropsMost {
+                current: 20,
+                offered: 9
+            })
         );
         assert_eq!(check_replacement(&big, &table(Some(2), 10, "")), Ok(()));
-        assert_eq!(check_replacement(&big, &table(Some(2), 1, "allow_drop = true")), Ok(()));
+        assert_eq!(
+            check_replacement(&big, &table(Some(2), 1, "allow_drop = true")),
+            Ok(())
+        );
         // Small tables change freely.
         let small = table(Some(1), DROP_GUARD_MIN_ROUTES - 1, "");
         assert_eq!(check_replacement(&small, &table(Some(2), 1, "")), Ok(()));
@@ -166,8 +193,19 @@ mod tests {
     fn messages_name_the_field_and_the_way_out() {
         for (e, field, way_out) in [
             (SnapshotError::NoRoutes, "routes", "allow_empty"),
-            (SnapshotError::VersionMissing { current: 9 }, "version", "version"),
-            (SnapshotError::DropsMost { current: 20, offered: 3 }, "routes", "allow_drop"),
+            (
+                SnapshotError::VersionMissing { current: 9 },
+                "version",
+                "version",
+            ),
+            (
+                SnapshotError::DropsMost {
+                    current: 20,
+                    offered: 3,
+                },
+                "routes",
+                "allow_drop",
+            ),
         ] {
             let text = e.to_string();
             assert!(text.starts_with(field), "{text}");

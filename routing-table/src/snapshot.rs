@@ -75,9 +75,42 @@ pub struct Snapshot {
     /// its routes (see [`check_replacement`](crate::check_replacement)).
     #[serde(default, skip_serializing_if = "is_false")]
     pub allow_drop: bool,
+    /// The addresses the gateway binds, from its registration (Consul's
+    /// listeners for a mesh gateway); absent or empty means only the data
+    /// plane's `--listen` flags. A reload follows changes to it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<ListenerSpec>,
     /// The routes, in order; an absent `routes` key means none.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+}
+
+/// One listening address of the gateway, as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSpec {
+    /// Its name, as Consul names a mesh gateway's bind addresses
+    /// (`default`, `wan`, or a `-bind-address` name).
+    pub name: String,
+    /// `IP:port` literal to bind (`0.0.0.0` and `[::]` allowed).
+    pub address: String,
+}
+
+/// TCP keepalive on the connections of a route, as written (Consul's
+/// `envoy_gateway_remote_tcp_*` settings). An absent field keeps the
+/// kernel's default (`net.ipv4.tcp_keepalive_*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeepaliveSpec {
+    /// Seconds of silence before the first probe (`TCP_KEEPIDLE`), 1..=32767.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_secs: Option<u32>,
+    /// Seconds between probes (`TCP_KEEPINTVL`), 1..=32767.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_secs: Option<u32>,
+    /// Unanswered probes before the connection is dropped (`TCP_KEEPCNT`), 1..=127.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<u32>,
 }
 
 /// One route as written in the file.
@@ -96,10 +129,14 @@ pub struct RouteSpec {
     /// How to choose among the endpoints; `None` means round robin.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb_policy: Option<LbPolicy>,
+    /// TCP keepalive on connections to the endpoints; `None` means off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<KeepaliveSpec>,
 }
 
-/// One endpoint as written: a bare `"ip:port"` string (weight 1), or a table
-/// `{ address = "ip:port", weight = 3 }` (weight defaults to 1).
+/// One endpoint as written: a bare `"ip:port"` string (weight 1, healthy),
+/// or a table `{ address = "ip:port", weight = 3, healthy = false }` (weight
+/// defaults to 1, healthy to true).
 ///
 /// Serialized untagged; deserialized by hand so that a wrong field in the
 /// table form gets serde's precise message instead of "did not match any
@@ -116,6 +153,11 @@ pub enum EndpointSpec {
         /// Relative weight, 1..=1000000; `None` means 1.
         #[serde(skip_serializing_if = "Option::is_none")]
         weight: Option<u32>,
+        /// Whether the endpoint passes its health checks; `None` means
+        /// healthy. An unhealthy endpoint takes traffic only while its
+        /// route is in panic (see the data plane's `--panic-threshold`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        healthy: Option<bool>,
     },
 }
 
@@ -137,6 +179,14 @@ impl EndpointSpec {
             } => *weight,
         }
     }
+
+    /// Whether it is healthy, with the default of true applied.
+    pub fn healthy(&self) -> bool {
+        match self {
+            EndpointSpec::Addr(_) => true,
+            EndpointSpec::Weighted { healthy, .. } => healthy.unwrap_or(true),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for EndpointSpec {
@@ -147,6 +197,8 @@ impl<'de> Deserialize<'de> for EndpointSpec {
             address: String,
             #[serde(default)]
             weight: Option<u32>,
+            #[serde(default)]
+            healthy: Option<bool>,
         }
 
         struct EndpointVisitor;
@@ -155,7 +207,9 @@ impl<'de> Deserialize<'de> for EndpointSpec {
             type Value = EndpointSpec;
 
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an \"ip:port\" string or a table with `address` and optional `weight`")
+                f.write_str(
+                    "an \"ip:port\" string or a table with `address` and optional `weight` and `healthy`",
+                )
             }
 
             fn visit_str<E: de::Error>(self, v: &str) -> Result<EndpointSpec, E> {
@@ -167,9 +221,16 @@ impl<'de> Deserialize<'de> for EndpointSpec {
             }
 
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
-                let Weighted { address, weight } =
-                    Weighted::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(EndpointSpec::Weighted { address, weight })
+                let Weighted {
+                    address,
+                    weight,
+                    healthy,
+                } = Weighted::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EndpointSpec::Weighted {
+                    address,
+                    weight,
+                    healthy,
+                })
             }
         }
 
@@ -284,6 +345,7 @@ mod tests {
                     ],
                     connect_timeout_ms: None,
                     lb_policy: None,
+                    keepalive: None,
                 },
                 RouteSpec {
                     sni: "*.dc2.internal.11111111-2222-3333-4444-555555555555.consul".into(),
@@ -291,13 +353,16 @@ mod tests {
                         EndpointSpec::Weighted {
                             address: "198.18.0.10:8443".into(),
                             weight: Some(3),
+                            healthy: None,
                         },
                         EndpointSpec::Addr("198.18.0.11:8443".into()),
                     ],
                     connect_timeout_ms: Some(5000),
                     lb_policy: Some(LbPolicy::LeastRequest),
+                    keepalive: None,
                 },
             ],
+            listeners: Vec::new(),
         }
     }
 
@@ -442,5 +507,4 @@ endpoints = [{ address = "10.0.0.1:1" }, "10.0.0.2:1", { address = "10.0.0.3:1",
         assert_eq!(Format::from_path(Path::new("routes")), None);
         assert_eq!(Format::from_path(Path::new("toml")), None);
     }
-
 }

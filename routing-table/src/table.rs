@@ -14,13 +14,13 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::replace::Intent;
 use crate::balance::LbPolicy;
 use crate::build;
 use crate::error::SnapshotError;
 use crate::index::{ArenaFull, NameIndex};
 use crate::json;
-use crate::snapshot::{EndpointSpec, Format, RouteSpec, Snapshot};
+use crate::replace::Intent;
+use crate::snapshot::{EndpointSpec, Format, KeepaliveSpec, ListenerSpec, RouteSpec, Snapshot};
 
 /// Largest endpoint weight accepted.
 pub const MAX_WEIGHT: u32 = 1_000_000;
@@ -66,16 +66,42 @@ pub struct Route {
     pub connect_timeout: Option<Duration>,
     /// Endpoint selection policy.
     pub lb_policy: LbPolicy,
+    /// TCP keepalive on connections to the endpoints, if the route sets it.
+    pub keepalive: Option<Keepalive>,
 }
 
-/// A validated endpoint: a routable IP, a non-zero port and a weight in
-/// 1..=[`MAX_WEIGHT`].
+/// TCP keepalive settings of a route: `None` fields keep the kernel's
+/// defaults (`net.ipv4.tcp_keepalive_time`, `_intvl`, `_probes`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Keepalive {
+    /// Seconds of silence before the first probe, 1..=32767.
+    pub time_secs: Option<u32>,
+    /// Seconds between probes, 1..=32767.
+    pub interval_secs: Option<u32>,
+    /// Unanswered probes before the connection is dropped, 1..=127.
+    pub probes: Option<u32>,
+}
+
+/// A validated listening address of the gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Listener {
+    /// Its name (`default`, `wan`, a `-bind-address` name).
+    pub name: String,
+    /// The address to bind.
+    pub addr: SocketAddr,
+}
+
+/// A validated endpoint: a routable IP, a non-zero port, a weight in
+/// 1..=[`MAX_WEIGHT`] and its health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
     /// Relative weight.
     pub weight: u32,
+    /// Whether it passes its health checks. An unhealthy endpoint takes
+    /// traffic only while its route is in panic (see [`Balancer`](crate::Balancer)).
+    pub healthy: bool,
 }
 
 /// How strongly a name matched a route. Ordered so a stronger match is
@@ -110,6 +136,7 @@ pub struct Match<'t> {
 pub struct Table {
     version: Option<u64>,
     intent: Intent,
+    listeners: Box<[Listener]>,
     routes: Box<[Route]>,
     index: NameIndex,
 }
@@ -120,6 +147,7 @@ impl Table {
         Table {
             version: None,
             intent: Intent::default(),
+            listeners: Box::default(),
             routes: Box::default(),
             index: NameIndex::with_capacity(0),
         }
@@ -150,7 +178,8 @@ impl Table {
             allow_empty: snapshot.allow_empty,
             allow_drop: snapshot.allow_drop,
         };
-        Table::index(snapshot.version, intent, routes, error)
+        let listeners = build::listeners(&snapshot.listeners)?;
+        Table::index(snapshot.version, intent, listeners, routes, error)
     }
 
     /// Parses `text` as `format` and builds a table from it.
@@ -177,7 +206,14 @@ impl Table {
                     allow_empty: read.header.allow_empty,
                     allow_drop: read.header.allow_drop,
                 };
-                Table::index(read.header.version, intent, read.routes, read.error)
+                let listeners = build::listeners(&read.header.listeners)?;
+                Table::index(
+                    read.header.version,
+                    intent,
+                    listeners,
+                    read.routes,
+                    read.error,
+                )
             }
             None => Table::build(&Snapshot::parse(text, format)?),
         }
@@ -190,6 +226,7 @@ impl Table {
     fn index(
         version: Option<u64>,
         intent: Intent,
+        listeners: Box<[Listener]>,
         routes: Vec<Route>,
         invalid: Option<SnapshotError>,
     ) -> Result<Table, SnapshotError> {
@@ -222,6 +259,7 @@ impl Table {
         Ok(Table {
             version,
             intent,
+            listeners,
             routes: routes.into_boxed_slice(),
             index,
         })
@@ -240,6 +278,12 @@ impl Table {
     /// The snapshot's version, if it had one.
     pub fn version(&self) -> Option<u64> {
         self.version
+    }
+
+    /// The gateway's own listening addresses from the snapshot (empty when
+    /// it names none), in file order.
+    pub fn listeners(&self) -> &[Listener] {
+        &self.listeners
     }
 
     /// What the snapshot said about removing routes on purpose
@@ -307,6 +351,14 @@ impl Table {
             allow_empty: self.intent.allow_empty,
             allow_drop: self.intent.allow_drop,
             routes: self.routes.iter().map(Route::to_spec).collect(),
+            listeners: self
+                .listeners
+                .iter()
+                .map(|l| ListenerSpec {
+                    name: l.name.clone(),
+                    address: l.addr.to_string(),
+                })
+                .collect(),
         }
     }
 }
@@ -318,17 +370,23 @@ impl Route {
             endpoints: self
                 .endpoints
                 .iter()
-                .map(|e| match e.weight {
-                    1 => EndpointSpec::Addr(e.addr.to_string()),
-                    weight => EndpointSpec::Weighted {
+                .map(|e| match (e.weight, e.healthy) {
+                    (1, true) => EndpointSpec::Addr(e.addr.to_string()),
+                    (weight, healthy) => EndpointSpec::Weighted {
                         address: e.addr.to_string(),
-                        weight: Some(weight),
+                        weight: (weight != 1).then_some(weight),
+                        healthy: (!healthy).then_some(false),
                     },
                 })
                 .collect(),
             // Built from milliseconds, so this is exact.
             connect_timeout_ms: self.connect_timeout.map(|t| t.as_millis() as u64),
             lb_policy: (self.lb_policy != LbPolicy::default()).then_some(self.lb_policy),
+            keepalive: self.keepalive.map(|k| KeepaliveSpec {
+                time_secs: k.time_secs,
+                interval_secs: k.interval_secs,
+                probes: k.probes,
+            }),
         }
     }
 }
@@ -336,7 +394,10 @@ impl Route {
 impl PartialEq for Table {
     /// Same version, intent and routes in the same order (the maps follow).
     fn eq(&self, other: &Table) -> bool {
-        self.version == other.version && self.intent == other.intent && self.routes == other.routes
+        self.version == other.version
+            && self.intent == other.intent
+            && self.listeners == other.listeners
+            && self.routes == other.routes
     }
 }
 
@@ -346,6 +407,7 @@ impl fmt::Debug for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Table")
             .field("version", &self.version)
+            .field("listeners", &self.listeners)
             .field("routes", &self.routes)
             .finish_non_exhaustive()
     }
@@ -366,6 +428,7 @@ mod tests {
                 endpoints: vec![EndpointSpec::Addr(format!("10.0.0.1:{}", 1000 + i))],
                 connect_timeout_ms: None,
                 lb_policy: None,
+                keepalive: None,
             })
             .collect();
         Table::build(&Snapshot {
@@ -400,11 +463,13 @@ mod tests {
             &[
                 Endpoint {
                     addr: "198.18.0.10:8443".parse().unwrap(),
-                    weight: 3
+                    weight: 3,
+                    healthy: true,
                 },
                 Endpoint {
                     addr: "198.18.0.11:8443".parse().unwrap(),
-                    weight: 1
+                    weight: 1,
+                    healthy: true,
                 },
             ]
         );

@@ -115,6 +115,7 @@ proptest! {
                     endpoints: vec![EndpointSpec::Addr("10.0.0.1:443".into())],
                     connect_timeout_ms: None,
                     lb_policy: None,
+                    keepalive: None,
                 });
             }
         }
@@ -141,7 +142,9 @@ proptest! {
                 endpoints: vec![EndpointSpec::Addr("10.0.0.1:443".into())],
                 connect_timeout_ms: None,
                 lb_policy: None,
+                keepalive: None,
             }],
+            listeners: Vec::new(),
         }).unwrap();
         let got = table.lookup(&bytes).is_some();
         let text = String::from_utf8_lossy(&bytes);

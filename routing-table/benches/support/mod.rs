@@ -62,6 +62,7 @@ fn endpoints(i: usize) -> Vec<EndpointSpec> {
                 EndpointSpec::Weighted {
                     address,
                     weight: Some((e as u32 % 3) + 1),
+                    healthy: None,
                 }
             } else {
                 EndpointSpec::Addr(address)
@@ -94,6 +95,7 @@ pub fn snapshot(n: usize) -> Snapshot {
                 1 => Some(LbPolicy::Random),
                 _ => None,
             },
+            keepalive: None,
         })
         .collect();
     Snapshot {
@@ -101,6 +103,7 @@ pub fn snapshot(n: usize) -> Snapshot {
         allow_empty: false,
         allow_drop: false,
         routes,
+        listeners: Vec::new(),
     }
 }
 
