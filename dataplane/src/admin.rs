@@ -27,6 +27,8 @@ pub struct AdminState {
     pub started: Instant,
     /// The access log, to report dropped lines.
     pub access_log: Option<crate::accesslog::AccessLog>,
+    /// `--panic-threshold`, to say which routes are in panic.
+    pub panic_threshold: u8,
 }
 
 /// Binds the admin listener.
@@ -97,7 +99,11 @@ fn handle(stream: TcpStream, state: &AdminState) -> io::Result<()> {
         ("GET", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics(state)),
         ("GET", "/routes") => {
             let table = state.shared.table.load();
-            ("200 OK", "application/json", table.to_snapshot().to_json())
+            (
+                "200 OK",
+                "application/json",
+                routes_json(&table, state.panic_threshold),
+            )
         }
         ("GET", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => (
@@ -113,6 +119,26 @@ fn handle(stream: TcpStream, state: &AdminState) -> io::Result<()> {
         body.len()
     )?;
     out.flush()
+}
+
+/// The table in use as the routes file would write it, with `in_panic`:
+/// the routes whose unhealthy endpoints take traffic because fewer than
+/// `--panic-threshold` % of their endpoints are healthy.
+fn routes_json(table: &routing_table::Table, panic_threshold: u8) -> String {
+    let in_panic: Vec<&str> = table
+        .routes()
+        .iter()
+        .filter(|r| routing_table::in_panic(r, panic_threshold))
+        .map(|r| r.sni.as_str())
+        .collect();
+    let mut value = serde_json::to_value(table.to_snapshot()).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        map.insert("panic_threshold".into(), panic_threshold.into());
+        map.insert("in_panic".into(), in_panic.into());
+    }
+    let mut text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    text.push('\n');
+    text
 }
 
 /// Reads one counter of a shard.

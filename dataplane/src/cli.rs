@@ -128,6 +128,14 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "auto")]
     pub engine: Engine,
 
+    /// Panic threshold in percent of a route's endpoints, 0 to 100: while
+    /// fewer of them are healthy, the route sends to all of them, healthy
+    /// or not, as Envoy does for the clusters Consul gives a mesh gateway
+    /// (its `healthy_panic_threshold`, default 50). 0 turns panic routing
+    /// off: unhealthy endpoints never take traffic.
+    #[arg(long, value_name = "PERCENT", default_value_t = 50, value_parser = range::<u8>(0, 100))]
+    pub panic_threshold: u8,
+
     /// Time a client has to send its whole ClientHello, in milliseconds,
     /// 1 to 600000 (10 minutes); a client still sending then is closed and
     /// counted. There is no "never".

@@ -23,6 +23,7 @@ mod serve;
 mod shard;
 mod slab;
 mod sni;
+mod sockmap;
 mod stats;
 mod sys;
 mod timers;
@@ -89,13 +90,14 @@ pub fn run() -> ExitCode {
                         .route
                         .endpoints
                         .iter()
-                        .map(|e| serde_json::json!({ "address": e.addr.to_string(), "weight": e.weight }))
+                        .map(|e| serde_json::json!({ "address": e.addr.to_string(), "weight": e.weight, "healthy": e.healthy }))
                         .collect();
                     let line = serde_json::json!({
                         "name": name,
                         "sni": m.route.sni,
                         "kind": kind,
                         "endpoints": endpoints,
+                        "in_panic": routing_table::in_panic(m.route, routing_table::DEFAULT_PANIC_THRESHOLD),
                     });
                     println!("{line}");
                     ExitCode::SUCCESS

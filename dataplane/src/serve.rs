@@ -47,6 +47,8 @@ pub enum ServeError {
     Bind(String),
     /// The kernel refuses io_uring (exit 69).
     NoUring(String),
+    /// `--forward sockmap` cannot load or attach its BPF program (exit 69).
+    NoBpf(String),
     /// Anything else (exit 70).
     Internal(String),
 }
@@ -57,7 +59,7 @@ impl ServeError {
         match self {
             ServeError::Usage(_) | ServeError::Routes(_) => 64,
             ServeError::Unreadable(_) => 66,
-            ServeError::NoUring(_) => 69,
+            ServeError::NoUring(_) | ServeError::NoBpf(_) => 69,
             ServeError::Internal(_) => 70,
             ServeError::Bind(_) => 73,
         }
@@ -72,6 +74,7 @@ impl fmt::Display for ServeError {
             | ServeError::Unreadable(m)
             | ServeError::Bind(m)
             | ServeError::NoUring(m)
+            | ServeError::NoBpf(m)
             | ServeError::Internal(m) => f.write_str(m),
         }
     }
@@ -263,6 +266,11 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .transpose()
         .map_err(|e| ServeError::Unreadable(format!("--access-log: {e}")))?;
     let max_per_shard = args.max_connections.div_ceil(shards).max(1);
+    // Kept until serve returns: dropping it detaches the program.
+    let sockmap = (forward == ForwardMode::Sockmap)
+        .then(|| crate::sockmap::Program::load(max_per_shard * shards))
+        .transpose()
+        .map_err(|e| ServeError::NoBpf(e.to_string()))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), io::Error>>();
     let mut handles = Vec::with_capacity(shards);
     for (id, listeners) in per_shard.into_iter().enumerate() {
@@ -272,11 +280,13 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             hello_timeout: Duration::from_millis(args.hello_timeout_ms),
             idle_timeout: Duration::from_secs(args.idle_timeout_secs),
             connect_timeout: Duration::from_millis(args.connect_timeout_ms),
+            panic_threshold: args.panic_threshold,
             max_connections: max_per_shard,
             pipe_size: args.pipe_size,
             pipe_pool: 64,
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
             access_log: access_log.clone(),
+            sockmap: sockmap.as_ref().map(|p| p.map()),
         };
         let cpu = cpus.get(id % cpus.len().max(1)).copied();
         let wake =
@@ -326,6 +336,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             .local_addr()
             .map_err(|e| ServeError::Internal(format!("admin address: {e}")))?;
         let state = admin::AdminState {
+            panic_threshold: args.panic_threshold,
             access_log: access_log.clone(),
             shared: Arc::clone(&shared),
             shards: handles.iter().map(|h| Arc::clone(&h.stats)).collect(),

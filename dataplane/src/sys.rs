@@ -289,6 +289,22 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// Turns TCP keepalive on for `fd` with the route's settings; a `None`
+/// field keeps the kernel's default (`net.ipv4.tcp_keepalive_*`).
+pub fn set_keepalive(fd: BorrowedFd<'_>, k: &routing_table::Keepalive) -> io::Result<()> {
+    let mut params = socket2::TcpKeepalive::new();
+    if let Some(secs) = k.time_secs {
+        params = params.with_time(std::time::Duration::from_secs(u64::from(secs)));
+    }
+    if let Some(secs) = k.interval_secs {
+        params = params.with_interval(std::time::Duration::from_secs(u64::from(secs)));
+    }
+    if let Some(probes) = k.probes {
+        params = params.with_retries(probes);
+    }
+    socket2::SockRef::from(&fd).set_tcp_keepalive(&params)
+}
+
 /// Creates a non-blocking, close-on-exec TCP socket for `addr`'s family.
 ///
 /// # Errors

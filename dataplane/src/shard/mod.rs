@@ -38,6 +38,7 @@ use crate::stats::{CloseReason, ShardRoutes, ShardStats, DURATION_BUCKETS};
 use crate::sys;
 use crate::timers::{Deadline, TimerKind, Timers};
 
+mod kernel;
 mod relay;
 mod route;
 
@@ -54,6 +55,9 @@ pub struct ShardConfig {
     pub idle_timeout: Duration,
     /// Connect timeout for routes that set none.
     pub connect_timeout: Duration,
+    /// Below this percentage of healthy endpoints a route sends to all of
+    /// them (0: never); see `routing_table::Balancer`.
+    pub panic_threshold: u8,
     /// Most connections this shard holds at once; more are shed at accept.
     pub max_connections: usize,
     /// Bytes per pipe in the splice engine.
@@ -64,6 +68,9 @@ pub struct ShardConfig {
     pub drain_timeout: Duration,
     /// Where finished connections are logged, if anywhere.
     pub access_log: Option<AccessLog>,
+    /// The sockmap engine's map ([`crate::sockmap::Program::map`]), when
+    /// `forward` is [`ForwardMode::Sockmap`].
+    pub sockmap: Option<Arc<OwnedFd>>,
 }
 
 /// State shared by the control thread and every shard.
@@ -96,6 +103,9 @@ enum Phase {
         route: RouteId,
         first: usize,
         attempt: usize,
+        /// The route was in panic when the connection was routed: its
+        /// unhealthy endpoints are tried too.
+        panic: bool,
     },
     Forwarding,
     Closing,
@@ -174,6 +184,8 @@ pub struct Shard<D: Driver> {
     /// so that clients are refused at once instead of waiting in the
     /// backlog (see [`Shard::shed_backlog`]).
     spare_fd: Option<OwnedFd>,
+    /// The sockmap engine's handle on its map.
+    sockmap: Option<crate::sockmap::ShardMap>,
 }
 
 const ACCEPT_BACKOFF_MS: u64 = 50;
@@ -198,9 +210,10 @@ impl<D: Driver> Shard<D> {
     ) -> Shard<D> {
         let mut table_cache = Cache::new(Arc::clone(&shared.table));
         let table = Arc::clone(table_cache.load());
-        let balancer = Balancer::new(&table, cfg.id as u64 + 1);
+        let balancer = Balancer::with_panic_threshold(&table, cfg.id as u64 + 1, cfg.panic_threshold);
         let mut routes = ShardRoutes::default();
         routes.new_table(table.len());
+        let (cfg_sockmap, cfg_id) = (cfg.sockmap.clone(), cfg.id);
         Shard {
             pipes: PipePool::new(cfg.pipe_size, cfg.pipe_pool),
             conns: Slab::new(cfg.max_connections),
@@ -229,6 +242,7 @@ impl<D: Driver> Shard<D> {
             draining_until: None,
             next_warning_ms: 0,
             spare_fd: sys::eventfd().ok(),
+            sockmap: kernel::open_map(&cfg_sockmap, cfg_id),
         }
     }
 
@@ -547,6 +561,9 @@ impl<D: Driver> Shard<D> {
                     self.close(slot, generation, CloseReason::HelloTimeout);
                 }
                 (TimerKind::Idle, Phase::Forwarding) => {
+                    if self.cfg.forward == ForwardMode::Sockmap {
+                        kernel::note_activity(conn, self.now_ms);
+                    }
                     let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
                     let due = conn.last_active_ms + idle_ms;
                     if due <= self.now_ms {
@@ -635,6 +652,9 @@ impl<D: Driver> Shard<D> {
         let Some(mut conn) = self.conns.remove(slot) else {
             return;
         };
+        if self.cfg.forward == ForwardMode::Sockmap && conn.forwarded {
+            self.count_kernel_bytes(&mut conn);
+        }
         for dir in &mut conn.dirs {
             dir.release(&mut self.pipes, &mut self.driver, self.now_ms);
         }

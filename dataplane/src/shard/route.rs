@@ -7,11 +7,12 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use routing_table::{Balancer, RouteId};
+use routing_table::{eligible, Balancer, RouteId};
 use tracing::{debug, warn};
 
 use super::{Epoch, Phase, Shard, Starved};
 use crate::driver::{Completion, Driver, Group, Interest, OpKind, Token};
+use crate::forward::ForwardMode;
 use crate::hello::{self, Outcome};
 use crate::stats::{CloseReason, CONNECT_BUCKETS};
 use crate::sys;
@@ -23,7 +24,11 @@ impl<D: Driver> Shard<D> {
         let current = self.table_cache.load();
         if !Arc::ptr_eq(current, &self.epoch.table) {
             let table = Arc::clone(current);
-            self.balancer = Balancer::new(&table, self.cfg.id as u64 + self.now_ms);
+            self.balancer = Balancer::with_panic_threshold(
+                &table,
+                self.cfg.id as u64 + self.now_ms,
+                self.cfg.panic_threshold,
+            );
             self.routes.new_table(table.len());
             self.epoch = Rc::new(Epoch {
                 table,
@@ -47,7 +52,7 @@ impl<D: Driver> Shard<D> {
         };
         self.refresh_table();
         enum Decision {
-            Route(RouteId, usize, u32),
+            Route(RouteId, usize, u32, bool),
             Wait(usize),
             Close(CloseReason),
         }
@@ -66,7 +71,15 @@ impl<D: Driver> Shard<D> {
                         let stats =
                             self.routes
                                 .index_for(m.id.index(), &m.route.sni, &self.stats.routes);
-                        Decision::Route(m.id, self.balancer.pick(&self.epoch.table, m.id), stats)
+                        match self.balancer.pick(&self.epoch.table, m.id) {
+                            Some(first) => {
+                                Decision::Route(m.id, first, stats, self.balancer.in_panic(m.id))
+                            }
+                            None => {
+                                debug!(shard = self.cfg.id, route = %m.route.sni, "no healthy endpoint, panic routing off");
+                                Decision::Close(CloseReason::UpstreamUnreachable)
+                            }
+                        }
                     }
                     None => {
                         debug!(shard = self.cfg.id, sni = %String::from_utf8_lossy(name), "no route for name");
@@ -93,7 +106,7 @@ impl<D: Driver> Shard<D> {
         }
         match decision {
             Decision::Close(reason) => self.close(slot, generation, reason),
-            Decision::Route(route, first, stats) => {
+            Decision::Route(route, first, stats, panic) => {
                 let epoch = Rc::clone(&self.epoch);
                 let Some(conn) = self.conns.get_mut(slot, generation) else {
                     return;
@@ -107,6 +120,7 @@ impl<D: Driver> Shard<D> {
                     route,
                     first,
                     attempt: 0,
+                    panic,
                 };
                 self.start_connect(slot, generation);
             }
@@ -149,12 +163,22 @@ impl<D: Driver> Shard<D> {
             route,
             first,
             attempt,
-        } = &conn.phase
+            panic,
+        } = &mut conn.phase
         else {
             return;
         };
         let route_ref = epoch.table.route(*route);
-        let index = (*first + *attempt) % route_ref.endpoints.len();
+        let len = route_ref.endpoints.len();
+        // Fall through to the next endpoint that may take traffic: the
+        // healthy ones, or all while the route is in panic.
+        while *attempt < len && !eligible(route_ref, (*first + *attempt) % len, *panic) {
+            *attempt += 1;
+        }
+        if *attempt >= len {
+            return self.close(slot, generation, CloseReason::UpstreamUnreachable);
+        }
+        let index = (*first + *attempt) % len;
         let addr = route_ref.endpoints[index].addr;
         let timeout = route_ref.connect_timeout.unwrap_or(default_timeout);
         let fd = match sys::tcp_socket(&addr) {
@@ -223,6 +247,10 @@ impl<D: Driver> Shard<D> {
         {
             log.endpoint = Some(epoch.table.route(*route).endpoints[index].addr);
         }
+        let keepalive = match &conn.phase {
+            Phase::Connecting { epoch, route, .. } => epoch.table.route(*route).keepalive,
+            _ => None,
+        };
         conn.phase = Phase::Forwarding;
         conn.forwarded = true;
         if let Some(started) = conn.connect_started {
@@ -244,6 +272,11 @@ impl<D: Driver> Shard<D> {
         }
         let _ = sys::set_nodelay(conn.client.as_fd());
         let _ = sys::set_nodelay(upstream.as_fd());
+        if let Some(keepalive) = keepalive {
+            if let Err(e) = sys::set_keepalive(upstream.as_fd(), &keepalive) {
+                debug!(shard = self.cfg.id, error = %e, "cannot set TCP keepalive upstream");
+            }
+        }
         conn.last_active_ms = self.now_ms;
         self.stats.forwarded.add(1);
         self.timers.push(Deadline {
@@ -252,6 +285,9 @@ impl<D: Driver> Shard<D> {
             generation,
             kind: TimerKind::Idle,
         });
+        if self.cfg.forward == ForwardMode::Sockmap {
+            return self.start_kernel_forwarding(slot, generation);
+        }
         for d in 0..2 {
             self.arm_read(slot, generation, d);
         }
