@@ -100,7 +100,10 @@ pub enum Engine {
 pub struct ServeArgs {
     /// Address to listen on, as IP:PORT (repeatable). Port 0 picks a free
     /// port, shared by every shard. Example: `--listen 0.0.0.0:8443 --listen [::]:8443`.
-    #[arg(long = "listen", required = true, value_name = "ADDR")]
+    /// The routes file's `listeners` (the gateway's bind addresses from its
+    /// Consul registration, written by meshgate-agent) are listened on too,
+    /// and follow reloads; at least one address must come from either.
+    #[arg(long = "listen", value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
 
     /// Routes file, TOML or JSON by extension. It is watched: replace it

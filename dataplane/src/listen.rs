@@ -9,12 +9,122 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
 
+use routing_table::Table;
 use socket2::{Domain, Protocol, Socket, Type};
-use tracing::warn;
+use tracing::{error, info, warn};
 
 use crate::serve::ServeError;
+use crate::shard::{ListenerOp, Shared};
+use crate::sys;
+
+/// The addresses to listen on: the `--listen` flags, then the gateway's own
+/// listeners from the routes file that the flags do not already name.
+pub(crate) fn desired(flags: &[SocketAddr], table: &Table) -> Vec<SocketAddr> {
+    let mut out = flags.to_vec();
+    for listener in table.listeners() {
+        if !out.contains(&listener.addr) {
+            out.push(listener.addr);
+        }
+    }
+    out
+}
+
+/// What the control thread knows of the listening sockets: the `--listen`
+/// flags (fixed), every address bound now, a duplicate of each socket for a
+/// hot upgrade's successor, and how to wake the shards.
+pub(crate) struct Listening {
+    flags: Vec<SocketAddr>,
+    bound: Vec<SocketAddr>,
+    /// A duplicate of every listening socket, handed to a successor.
+    pub(crate) handover: Vec<(SocketAddr, OwnedFd)>,
+    wakes: Vec<Arc<OwnedFd>>,
+}
+
+impl Listening {
+    /// The state after start: `bound` as [`bind_all`] bound it.
+    pub(crate) fn new(
+        flags: Vec<SocketAddr>,
+        bound: Vec<SocketAddr>,
+        handover: Vec<(SocketAddr, OwnedFd)>,
+        wakes: Vec<Arc<OwnedFd>>,
+    ) -> Listening {
+        Listening {
+            flags,
+            bound,
+            handover,
+            wakes,
+        }
+    }
+
+    /// Brings the listening sockets in line with `table`'s listeners (and
+    /// the flags): binds each new address on every shard (`SO_REUSEPORT`,
+    /// after checking no other process listens there) and asks every shard
+    /// to give up each address no longer wanted. Established connections
+    /// are not touched; connections still queued on a given-up address are
+    /// refused when its last socket closes. An address that cannot be
+    /// bound is logged and skipped; the others go ahead.
+    pub(crate) fn reconcile(&mut self, shared: &Shared, table: &Table) {
+        let want = desired(&self.flags, table);
+        let shards = shared.listener_ops.len();
+        let mut changed = false;
+        for addr in want
+            .iter()
+            .filter(|a| !self.bound.contains(a))
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            if let Err(e) = ensure_free(&addr, true) {
+                error!(error = %e, "listener from the routes file not bound");
+                continue;
+            }
+            let sockets: io::Result<Vec<OwnedFd>> = (0..shards)
+                .map(|_| bind_one(&addr).map(OwnedFd::from))
+                .collect();
+            let sockets = match sockets {
+                Ok(s) => s,
+                Err(e) => {
+                    error!(address = %addr, error = %e, "listener from the routes file not bound");
+                    continue;
+                }
+            };
+            for (inbox, fd) in shared.listener_ops.iter().zip(sockets) {
+                if let Ok(copy) = fd.try_clone() {
+                    self.handover.push((addr, copy));
+                }
+                inbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(ListenerOp::Add(fd));
+            }
+            self.bound.push(addr);
+            changed = true;
+            info!(address = %addr, shards, "listening");
+        }
+        for addr in self.bound.clone() {
+            if want.contains(&addr) {
+                continue;
+            }
+            for inbox in shared.listener_ops.iter() {
+                inbox
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(ListenerOp::Remove(addr));
+            }
+            self.handover.retain(|(a, _)| *a != addr);
+            self.bound.retain(|a| *a != addr);
+            changed = true;
+            info!(address = %addr, "stopped listening: no longer in the routes file");
+        }
+        if changed {
+            for wake in &self.wakes {
+                sys::eventfd_wake(wake.as_fd());
+            }
+        }
+    }
+}
 
 /// Gives every shard one listening socket per address: inherited sockets
 /// bound to that exact address first (extra ones are spread over the shards,
@@ -44,7 +154,7 @@ pub(crate) fn bind_all(
         // (it inherits the sockets); anything else already listening there
         // would silently split the traffic with this process.
         if mine.is_empty() && addr.port() != 0 {
-            ensure_free(addr)?;
+            ensure_free(addr, false)?;
         }
         for sockets in per_shard.iter_mut() {
             if let Some(fd) = mine.pop() {
@@ -75,7 +185,7 @@ pub(crate) fn bind_all(
     Ok((bound, per_shard))
 }
 
-fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
+pub(crate) fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(*addr),
         Type::STREAM.cloexec(),
@@ -93,11 +203,11 @@ fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
 }
 
 /// Fails with [`ServeError::Bind`] (exit 73) when something already listens
-/// on `addr`: a bind without `SO_REUSEPORT` (with `SO_REUSEADDR`, so sockets
+/// on `addr` (this process too, unless `ours_ok`): a bind without `SO_REUSEPORT` (with `SO_REUSEADDR`, so sockets
 /// in `TIME_WAIT` do not count) fails exactly when another socket is bound
 /// there. The probe is closed before the shards bind; a process that binds
 /// in between shares the address, a race of microseconds at start.
-fn ensure_free(addr: &SocketAddr) -> Result<(), ServeError> {
+fn ensure_free(addr: &SocketAddr, ours_ok: bool) -> Result<(), ServeError> {
     let probe = (|| {
         let socket = Socket::new(
             Domain::for_address(*addr),
@@ -113,7 +223,14 @@ fn ensure_free(addr: &SocketAddr) -> Result<(), ServeError> {
     match probe {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
-            let holder = match holder(addr) {
+            let holder = holder(addr);
+            // With `ours_ok`, our own sockets (still closing after a reload
+            // gave the address up, now wanted again): joining them is no
+            // sharing.
+            if ours_ok && holder.as_ref().is_some_and(|h| h.0 == std::process::id()) {
+                return Ok(());
+            }
+            let holder = match holder.map(|(pid, comm)| format!("pid {pid} ({comm})")) {
                 Some(h) => format!(" by {h}"),
                 None => String::new(),
             };
@@ -128,9 +245,9 @@ fn ensure_free(addr: &SocketAddr) -> Result<(), ServeError> {
     }
 }
 
-/// Who listens on `addr`: `pid N (comm)` from `/proc`, where this process
-/// may see it (its own sockets, or every process's as root).
-fn holder(addr: &SocketAddr) -> Option<String> {
+/// Who listens on `addr`: the pid and command from `/proc`, where this
+/// process may see it (its own sockets, or every process's as root).
+fn holder(addr: &SocketAddr) -> Option<(u32, String)> {
     let inode = listening_inode(addr)?;
     let target = format!("socket:[{inode}]");
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -149,7 +266,7 @@ fn holder(addr: &SocketAddr) -> Option<String> {
         });
         if found {
             let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
-            return Some(format!("pid {pid} ({})", comm.trim()));
+            return Some((pid, comm.trim().to_owned()));
         }
     }
     None
@@ -196,7 +313,11 @@ mod tests {
     fn a_taken_address_is_refused_and_its_holder_named() {
         let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = taken.local_addr().unwrap();
-        let e = ensure_free(&addr).unwrap_err();
+        let e = ensure_free(&addr, false).unwrap_err();
+        assert!(
+            ensure_free(&addr, true).is_ok(),
+            "our own socket may be joined"
+        );
         assert_eq!(e.exit_code(), 73);
         let text = e.to_string();
         assert!(text.contains(&addr.to_string()), "{text}");
@@ -205,7 +326,7 @@ mod tests {
             "{text}"
         );
         drop(taken);
-        assert!(ensure_free(&addr).is_ok());
+        assert!(ensure_free(&addr, false).is_ok());
     }
 
     #[test]
@@ -216,6 +337,6 @@ mod tests {
         };
         let addr = taken.local_addr().unwrap();
         assert!(listening_inode(&addr).is_some());
-        assert!(ensure_free(&addr).is_err());
+        assert!(ensure_free(&addr, false).is_err());
     }
 }

@@ -27,8 +27,8 @@ use crate::admin;
 use crate::cli::{Engine, ServeArgs};
 use crate::epoll::Epoll;
 use crate::forward::ForwardMode;
-use crate::listen::bind_all;
-use crate::shard::{Shard, ShardConfig, Shared};
+use crate::listen::{bind_all, desired, Listening};
+use crate::shard::{ListenerOp, Shard, ShardConfig, Shared};
 use crate::stats::ShardStats;
 use crate::sys;
 use crate::upgrade;
@@ -199,6 +199,9 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         stop: std::sync::atomic::AtomicBool::new(false),
         ready: std::sync::atomic::AtomicBool::new(false),
         table_loaded_unix_ms: std::sync::atomic::AtomicU64::new(unix_ms()),
+        listener_ops: (0..shards)
+            .map(|_| std::sync::Mutex::new(Vec::<ListenerOp>::new()))
+            .collect(),
     });
     let started = std::time::Instant::now();
     let admin_listener = admin_addr
@@ -216,8 +219,14 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         })?,
         None => None,
     };
+    let addrs = desired(&args.listen, &shared.table.load());
+    if addrs.is_empty() {
+        return Err(ServeError::Usage(
+            "no address to listen on: give --listen, or a routes file with listeners".into(),
+        ));
+    }
     let (bound, per_shard) = bind_all(
-        &args.listen,
+        &addrs,
         shards,
         inherited
             .as_mut()
@@ -372,19 +381,26 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         info!(address = %addr, shards, forward = forward.name(), engine = engine_name, "listening");
     }
 
+    // `bound` follows `addrs`: the flags first, their port 0 resolved.
+    let mut listening = Listening::new(
+        bound[..args.listen.len()].to_vec(),
+        bound,
+        handover,
+        handles.iter().map(|h| Arc::clone(&h.wake)).collect(),
+    );
     control_loop(
         &args.routes,
         watch,
         &shared,
         &signals,
         upgrade_server.as_ref(),
-        &handover,
+        &mut listening,
     );
     // Stop being ready first, then close every listening socket this process
     // holds (the spare copies kept for a successor here, the shards' own in
     // `stop_shards`), so that new connections are refused, not queued.
     shared.ready.store(false, Ordering::Release);
-    drop(handover);
+    drop(listening);
     info!(
         drain_timeout_secs = args.drain_timeout_secs,
         "stopping: draining connections"
@@ -501,7 +517,7 @@ fn control_loop(
     shared: &Shared,
     signals: &OwnedFd,
     upgrade: Option<&upgrade::UpgradeServer>,
-    handover: &[(SocketAddr, OwnedFd)],
+    listening: &mut Listening,
 ) {
     let file: OsString = routes
         .file_name()
@@ -530,39 +546,43 @@ fn control_loop(
             match sys::read_signal(signals.as_fd()) {
                 Ok(sig) if sig == libc::SIGHUP as u32 => {
                     info!("SIGHUP: re-reading routes");
-                    reload(routes, shared, &mut retired);
+                    if reload(routes, shared, &mut retired) {
+                        listening.reconcile(shared, &shared.table.load());
+                    }
                 }
                 Ok(_) => return,
                 Err(e) => warn!(error = %e, "reading signalfd"),
             }
         }
         if let (Some(u), true) = (upgrade, ready.get(1).copied().unwrap_or(false)) {
-            if u.serve_one(handover) {
+            if u.serve_one(&listening.handover) {
                 return;
             }
         }
         if ready.get(watch_index).copied().unwrap_or(false) {
             if let Some(w) = &watch {
-                if w.names(&file) {
-                    reload(routes, shared, &mut retired);
+                if w.names(&file) && reload(routes, shared, &mut retired) {
+                    listening.reconcile(shared, &shared.table.load());
                 }
             }
         }
     }
 }
 
-fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
+/// Reads the routes file and swaps its table in if the rules allow;
+/// whether it did.
+fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) -> bool {
     let table = match load_routes(routes) {
         Ok(t) => t,
         Err(e) => {
             error!(error = %e, "routes refused; keeping the current table");
-            return;
+            return false;
         }
     };
     let current = shared.table.load();
     if let Err(e) = check_replacement(&current, &table) {
         error!(error = %format!("{}: {e}", routes.display()), "routes refused; keeping the current table");
-        return;
+        return false;
     }
     let (version, count) = (table.version(), table.len());
     let old = shared.table.swap(Arc::new(table));
@@ -571,6 +591,7 @@ fn reload(routes: &Path, shared: &Shared, retired: &mut Vec<Arc<Table>>) {
         .store(unix_ms(), Ordering::Relaxed);
     retired.push(old);
     info!(version = %VersionDisplay(version), routes = count, "routes loaded");
+    true
 }
 
 /// Warns once, at start, about host limits meshgate depends on, each with

@@ -84,6 +84,28 @@ pub struct Shared {
     pub ready: AtomicBool,
     /// When the table in use was loaded (Unix time, ms).
     pub table_loaded_unix_ms: std::sync::atomic::AtomicU64,
+    /// Per shard (by id), listening sockets to take up or give up, posted
+    /// by the control thread before it wakes the shard.
+    pub listener_ops: Box<[std::sync::Mutex<Vec<ListenerOp>>]>,
+}
+
+/// A change to a shard's listening sockets, from the control thread.
+#[derive(Debug)]
+pub enum ListenerOp {
+    /// Accept on this socket too (a new `SO_REUSEPORT` member).
+    Add(OwnedFd),
+    /// Stop accepting on the socket bound to this address and close it once
+    /// its accept is over. Connections already accepted are not touched.
+    Remove(std::net::SocketAddr),
+}
+
+/// One listening socket of a shard.
+struct ListenerSlot {
+    fd: OwnedFd,
+    /// An accept is in flight on it.
+    armed: bool,
+    /// Given up: closed when its accept is over, never re-armed.
+    closing: bool,
 }
 
 /// The routing table as this shard last saw it. Connections that are
@@ -155,7 +177,7 @@ enum Starved {
 pub struct Shard<D: Driver> {
     cfg: ShardConfig,
     driver: D,
-    listeners: Vec<Option<OwnedFd>>,
+    listeners: Vec<Option<ListenerSlot>>,
     wake: Arc<OwnedFd>,
     shared: Arc<Shared>,
     table_cache: Cache<Arc<ArcSwap<Table>>, Arc<Table>>,
@@ -210,7 +232,8 @@ impl<D: Driver> Shard<D> {
     ) -> Shard<D> {
         let mut table_cache = Cache::new(Arc::clone(&shared.table));
         let table = Arc::clone(table_cache.load());
-        let balancer = Balancer::with_panic_threshold(&table, cfg.id as u64 + 1, cfg.panic_threshold);
+        let balancer =
+            Balancer::with_panic_threshold(&table, cfg.id as u64 + 1, cfg.panic_threshold);
         let mut routes = ShardRoutes::default();
         routes.new_table(table.len());
         let (cfg_sockmap, cfg_id) = (cfg.sockmap.clone(), cfg.id);
@@ -219,7 +242,16 @@ impl<D: Driver> Shard<D> {
             conns: Slab::new(cfg.max_connections),
             cfg,
             driver,
-            listeners: listeners.into_iter().map(Some).collect(),
+            listeners: listeners
+                .into_iter()
+                .map(|fd| {
+                    Some(ListenerSlot {
+                        fd,
+                        armed: false,
+                        closing: false,
+                    })
+                })
+                .collect(),
             wake,
             shared,
             table_cache,
@@ -296,11 +328,78 @@ impl<D: Driver> Shard<D> {
     }
 
     fn arm_accept(&mut self, index: usize) {
-        if let Some(listener) = &self.listeners[index] {
+        let Some(listener) = &mut self.listeners[index] else {
+            return;
+        };
+        if listener.closing {
+            // Given up while paused: nothing is in flight, close it now.
+            self.listeners[index] = None;
+            return;
+        }
+        if !listener.armed {
+            listener.armed = true;
             self.driver.accept(
                 Token::new(OpKind::Accept, index as u32, 0),
-                listener.as_raw_fd(),
+                listener.fd.as_raw_fd(),
             );
+        }
+    }
+
+    /// Takes up or gives up listening sockets as the control thread asks.
+    fn apply_listener_ops(&mut self) {
+        let ops = match self.shared.listener_ops.get(self.cfg.id) {
+            Some(inbox) => std::mem::take(&mut *inbox.lock().unwrap_or_else(|p| p.into_inner())),
+            None => return,
+        };
+        for op in ops {
+            match op {
+                ListenerOp::Add(fd) if self.draining_until.is_none() => {
+                    let slot = ListenerSlot {
+                        fd,
+                        armed: false,
+                        closing: false,
+                    };
+                    let index = match self.listeners.iter().position(Option::is_none) {
+                        Some(free) => {
+                            self.listeners[free] = Some(slot);
+                            free
+                        }
+                        None => {
+                            self.listeners.push(Some(slot));
+                            self.listeners.len() - 1
+                        }
+                    };
+                    if self.accept_retry_at.is_none() {
+                        self.arm_accept(index);
+                    }
+                }
+                // Draining: the new socket is closed as it drops.
+                ListenerOp::Add(_) => {}
+                ListenerOp::Remove(addr) => {
+                    for index in 0..self.listeners.len() {
+                        let Some(listener) = &mut self.listeners[index] else {
+                            continue;
+                        };
+                        let bound = socket2::SockRef::from(&listener.fd)
+                            .local_addr()
+                            .ok()
+                            .and_then(|a| a.as_socket());
+                        if bound != Some(addr) || listener.closing {
+                            continue;
+                        }
+                        listener.closing = true;
+                        if listener.armed {
+                            // Closed by `on_accept` when the cancelled accept
+                            // completes for the last time.
+                            let raw = listener.fd.as_raw_fd();
+                            self.driver
+                                .cancel_fd(Token::new(OpKind::Cancel, u32::MAX, 0), raw);
+                        } else {
+                            self.listeners[index] = None;
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -321,6 +420,7 @@ impl<D: Driver> Shard<D> {
 
     fn on_wake(&mut self) {
         sys::eventfd_drain(self.wake.as_fd());
+        self.apply_listener_ops();
         if self.shared.stop.load(Ordering::Acquire) && self.draining_until.is_none() {
             self.draining_until = Some(self.now_ms + self.cfg.drain_timeout.as_millis() as u64);
             // Cancel each accept by descriptor. The descriptor stays open
@@ -331,7 +431,7 @@ impl<D: Driver> Shard<D> {
             for listener in self.listeners.iter().flatten() {
                 self.driver.cancel_fd(
                     Token::new(OpKind::Cancel, u32::MAX, 0),
-                    listener.as_raw_fd(),
+                    listener.fd.as_raw_fd(),
                 );
             }
             debug!(shard = self.cfg.id, active = self.conns.len(), "draining");
@@ -340,6 +440,11 @@ impl<D: Driver> Shard<D> {
 
     fn on_accept(&mut self, c: Completion) {
         let index = c.token.slot() as usize;
+        if !c.more {
+            if let Some(Some(listener)) = self.listeners.get_mut(index) {
+                listener.armed = false;
+            }
+        }
         match c.io_result() {
             Ok(_) => {
                 if let Some(fd) = self.driver.adopt(&c) {
@@ -378,10 +483,14 @@ impl<D: Driver> Shard<D> {
         if c.more {
             return;
         }
-        if self.draining_until.is_some() {
+        let closing = matches!(self.listeners.get(index), Some(Some(l)) if l.closing);
+        if self.draining_until.is_some() || closing {
             // The accept is over: closing our descriptor closes the socket
-            // (unless a successor holds it) and refuses new connections.
-            self.listeners[index] = None;
+            // (unless a successor or another shard holds it) and refuses new
+            // connections.
+            if let Some(slot) = self.listeners.get_mut(index) {
+                *slot = None;
+            }
         } else {
             self.arm_accept(index);
         }
@@ -394,7 +503,7 @@ impl<D: Driver> Shard<D> {
     /// how many were shed. Only called while no accept is armed on the
     /// listener, which is non-blocking.
     fn shed_backlog(&mut self, index: usize) -> u64 {
-        let Some(listener) = self.listeners[index].as_ref() else {
+        let Some(listener) = self.listeners[index].as_ref().map(|l| &l.fd) else {
             return 0;
         };
         let mut shed = 0;
@@ -726,7 +835,7 @@ impl<D: Driver> Shard<D> {
                 .listeners
                 .iter()
                 .flatten()
-                .map(|l| l.as_raw_fd())
+                .map(|l| l.fd.as_raw_fd())
                 .fold(self.wake.as_raw_fd(), RawFd::max);
             self.driver.release_idle_memory(highest_open);
         }
