@@ -619,7 +619,7 @@ fn warn_low_limits(nofile: u64, args: &ServeArgs) {
         warn!(
             value = v,
             wanted = 4096,
-            fix = "sysctl net.core.somaxconn (scripts/tune.sh apply edge-gateway sets it)",
+            fix = "sysctl net.core.somaxconn (meshgate-tune apply edge-gateway sets it; scripts/tune.sh in a source tree)",
             "net.core.somaxconn limits the accept queue"
         );
     }
@@ -630,7 +630,7 @@ fn warn_low_limits(nofile: u64, args: &ServeArgs) {
             warn!(
                 value = v,
                 wanted = pages,
-                fix = "sysctl fs.pipe-user-pages-soft (scripts/tune.sh apply edge-gateway sets it), or a smaller --pipe-size",
+                fix = "sysctl fs.pipe-user-pages-soft (meshgate-tune apply edge-gateway sets it; scripts/tune.sh in a source tree), or a smaller --pipe-size",
                 "fs.pipe-user-pages-soft is low for --pipe-size; pipes past it shrink to one page"
             );
         }
@@ -644,7 +644,7 @@ fn warn_low_limits(nofile: u64, args: &ServeArgs) {
 fn nofile_fix(wanted: u64, nr_open: Option<u64>) -> &'static str {
     match nr_open {
         Some(ceiling) if ceiling < wanted => {
-            "sysctl fs.nr_open (scripts/tune.sh apply edge-gateway sets it), then raise the hard limit: LimitNOFILE= in the systemd unit, or ulimit -Hn"
+            "sysctl fs.nr_open (meshgate-tune apply edge-gateway sets it; scripts/tune.sh in a source tree), then raise the hard limit: LimitNOFILE= in the systemd unit, or ulimit -Hn"
         }
         _ => "raise the hard limit meshgate starts with: LimitNOFILE= in the systemd unit, ulimit -Hn in a shell, or the container's nofile limit (docker run --ulimit nofile=N:N)",
     }
