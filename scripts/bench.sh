@@ -17,8 +17,9 @@
 #   --charts DIR          SVG charts. Default: bench/charts (quick: beside --out)
 #   --reps N              repetitions of every figure (default 3; quick 1)
 #   --rate R              offered requests/s in total of the paced
-#                         request/response case (default 8000: the host about
-#                         half idle with a proxy in the path on 2 cores)
+#                         request/response case (default 16000: the host about
+#                         half idle with meshgate or the floor in the path on
+#                         the 2-core machine of BENCHMARKS.md)
 #   --apply-preset NAME   run `scripts/tune.sh apply NAME` first (root)
 #   --targets LIST        only these targets (names as in the tables)
 #   --no-install          install nothing; peers that are missing are skipped
@@ -41,7 +42,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 invocation="scripts/bench.sh${*:+ $*}"
 
-quick=0 out="" charts="" reps="" preset="" only="" install=1 rate=8000
+quick=0 out="" charts="" reps="" preset="" only="" install=1 rate=16000
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
     --targets) only="$2"; shift ;;
     --no-install) install=0 ;;
     --rate) rate="$2"; shift ;;
-    -h|--help) sed -n '2,38p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
