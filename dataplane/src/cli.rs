@@ -95,6 +95,20 @@ pub enum Engine {
     Epoll,
 }
 
+/// Whether shards are pinned to CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pin {
+    /// Pin only when this process may run on exactly one CPU per shard and
+    /// on fewer CPUs than the host has (a CPU set given to the gateway
+    /// alone); otherwise let the scheduler move shards off CPUs that other
+    /// work keeps busy.
+    Auto,
+    /// Pin shard N to the Nth CPU this process may run on.
+    Cores,
+    /// Never pin.
+    None,
+}
+
 /// Flags of `meshgate serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -113,7 +127,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     pub routes: PathBuf,
 
-    /// Number of shards (threads, each pinned to a core with its own ring),
+    /// Pin shards to CPUs: `auto` (only on a CPU set given to the gateway
+    /// alone: one CPU per shard, fewer than the host has), `cores`
+    /// (always) or `none`. On a host shared with other work, pinned shards
+    /// wait behind that work on their CPU; unpinned, the scheduler moves them.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub pin: Pin,
+
+    /// Number of shards (threads, each with its own ring),
     /// 1 to 1024. Default: the number of CPUs this process may run on.
     #[arg(long, value_name = "N", value_parser = range::<usize>(1, 1024))]
     pub shards: Option<usize>,

@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::accesslog::AccessLog;
 use crate::admin;
-use crate::cli::{Engine, ServeArgs};
+use crate::cli::{Engine, Pin, ServeArgs};
 use crate::epoll::Epoll;
 use crate::forward::ForwardMode;
 use crate::listen::{bind_all, desired, Listening};
@@ -188,6 +188,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         version = env!("CARGO_PKG_VERSION"),
         shards,
         forward = args.forward.name(),
+        pin = ?args.pin,
         routes = table.len(),
         table_version = %VersionDisplay(table.version()),
         nofile,
@@ -281,6 +282,11 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         .transpose()
         .map_err(|e| ServeError::NoBpf(e.to_string()))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), io::Error>>();
+    // `--pin auto`: pin only on CPUs set aside for the gateway (fewer than
+    // the host has, one per shard); on CPUs shared with everything else the
+    // scheduler does better moving shards off busy CPUs.
+    let dedicated_cpus =
+        cpus.len() == shards && sys::online_cpus().is_some_and(|online| cpus.len() < online);
     let mut handles = Vec::with_capacity(shards);
     for (id, listeners) in per_shard.into_iter().enumerate() {
         let cfg = ShardConfig {
@@ -297,7 +303,11 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             access_log: access_log.clone(),
             sockmap: sockmap.as_ref().map(|p| p.map()),
         };
-        let cpu = cpus.get(id % cpus.len().max(1)).copied();
+        let cpu = match args.pin {
+            Pin::Cores => cpus.get(id % cpus.len().max(1)).copied(),
+            Pin::Auto if dedicated_cpus => cpus.get(id).copied(),
+            Pin::Auto | Pin::None => None,
+        };
         let wake =
             Arc::new(sys::eventfd().map_err(|e| ServeError::Internal(format!("eventfd: {e}")))?);
         let stats = Arc::new(ShardStats::default());

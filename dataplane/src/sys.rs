@@ -289,6 +289,14 @@ pub fn raise_nofile_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur)
 }
 
+/// The number of CPUs online on the host (not only those this process may
+/// run on), or `None` when the kernel does not say.
+pub fn online_cpus() -> Option<usize> {
+    // SAFETY: sysconf takes no pointer and has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
 /// Turns TCP keepalive on for `fd` with the route's settings; a `None`
 /// field keeps the kernel's default (`net.ipv4.tcp_keepalive_*`).
 pub fn set_keepalive(fd: BorrowedFd<'_>, k: &routing_table::Keepalive) -> io::Result<()> {
