@@ -17,6 +17,14 @@
 //!   then a ring `send` of that buffer; the buffer goes back to the ring once
 //!   fully sent. An idle direction holds no buffer.
 //!
+//! - **sockmap**: both sockets go into a BPF `SOCKHASH` whose stream
+//!   verdict program sends every skb out of the other socket
+//!   ([`crate::sockmap`]); the kernel moves the bytes and the shard waits
+//!   only for each source's FIN or error (`POLLRDHUP`). At a FIN it passes
+//!   the half-close on once every byte the source received has been written
+//!   into the destination (`TCP_INFO`), so nothing still queued in the
+//!   kernel is cut off.
+//!
 //! Every way, a direction has at most one operation in flight (ring-splice:
 //! one linked poll-and-splice chain), so a slow destination stops reads from
 //! its source: memory per connection is bounded by one pipe or one buffer per
@@ -39,6 +47,9 @@ pub enum ForwardMode {
     /// Splice submitted through the ring, each linked behind a readiness
     /// poll (io_uring engine only).
     RingSplice,
+    /// The kernel forwards through a BPF sockmap; the shard handles only
+    /// FIN, resets and timeouts (root, or CAP_BPF and CAP_NET_ADMIN).
+    Sockmap,
 }
 
 impl ForwardMode {
@@ -48,6 +59,7 @@ impl ForwardMode {
             ForwardMode::Splice => "splice",
             ForwardMode::Copy => "copy",
             ForwardMode::RingSplice => "ring-splice",
+            ForwardMode::Sockmap => "sockmap",
         }
     }
 
@@ -107,6 +119,8 @@ pub struct Dir {
     /// Copy engine: (buffer id, offset, bytes left to send).
     held: Option<(u16, u32, u32)>,
     done: bool,
+    /// Sockmap engine: the source's FIN arrived.
+    pub hangup: bool,
 }
 
 impl Dir {

@@ -25,6 +25,7 @@ impl<D: Driver> Shard<D> {
                 self.driver.poll(token, src, Interest::Read)
             }
             ForwardMode::Copy => self.driver.recv(token, src, Group::Io, false),
+            ForwardMode::Sockmap => self.driver.poll(token, src, Interest::Hangup),
         }
     }
 
@@ -38,6 +39,9 @@ impl<D: Driver> Shard<D> {
     ) {
         let now = self.now_ms;
         let mode = self.cfg.forward;
+        if mode == ForwardMode::Sockmap {
+            return self.on_hangup(slot, generation, d, c);
+        }
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
@@ -59,6 +63,7 @@ impl<D: Driver> Shard<D> {
             ForwardMode::RingSplice => {
                 conn.dirs[d].on_ring_splice(&mut self.pipes, is_read, c.result, now)
             }
+            ForwardMode::Sockmap => unreachable!("handled by on_hangup"),
         };
         let moved = conn.dirs[d].bytes - before;
         if moved > 0 {
@@ -86,6 +91,7 @@ impl<D: Driver> Shard<D> {
                 match mode {
                     ForwardMode::Splice => self.driver.poll(token, raw, Interest::Write),
                     ForwardMode::Copy => conn.dirs[d].send_pending(&mut self.driver, token, raw),
+                    ForwardMode::Sockmap => unreachable!("handled by on_hangup"),
                     ForwardMode::RingSplice => {
                         let dir = &conn.dirs[d];
                         let (Some((pipe_out, _)), Ok(len)) =
@@ -203,6 +209,9 @@ impl<D: Driver> Shard<D> {
                     }
                     // Copy: the receive found no buffer; ask again.
                     ForwardMode::Copy => self.arm_read(slot, generation, d),
+                    // Sockmap: the FIN arrived before its bytes had all
+                    // left; check again.
+                    ForwardMode::Sockmap => self.drain_kernel(slot, generation, d),
                 },
             }
         }

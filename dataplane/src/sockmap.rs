@@ -1,0 +1,331 @@
+//! The sockmap forwarding engine's kernel side: the BPF verdict program
+//! (dataplane/bpf/sockmap.bpf.c, embedded as built), the `SOCKHASH` it
+//! redirects through, and the socket facts the shard reads instead of
+//! moving bytes itself (cookies, byte counts, send queues).
+//!
+//! Each connection's two sockets go into the map, each under the *other*
+//! socket's cookie, so the program finds the peer of the socket an skb
+//! arrived on by that socket's own cookie: two map updates per connection,
+//! none at close (closing a socket takes it out of every map), no second
+//! map. What the program does not do stays in the shard: FIN and half-close,
+//! resets, timeouts.
+//!
+//! This module owns no policy: it loads, pairs and measures. `unsafe` here
+//! is limited to `getsockopt`/`ioctl` calls on descriptors the caller
+//! borrows for the call, each writing into a local of the kernel's size.
+#![allow(unsafe_code)]
+
+use std::io;
+use std::mem::{size_of, MaybeUninit};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use aya::maps::{Map, MapData, SockHash};
+use aya::programs::SkSkb;
+use aya::Ebpf;
+
+/// Eight-byte alignment for the embedded object: the ELF parser reads its
+/// headers in place.
+#[repr(C, align(8))]
+struct Aligned<B: ?Sized>(B);
+
+/// The verdict program and its map, as built by scripts/build-bpf.sh.
+static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!("../bpf/sockmap.bpf.o"));
+
+/// The map's name in the object.
+const MAP: &str = "PEERS";
+/// The program's name in the object.
+const PROGRAM: &str = "meshgate_verdict";
+
+/// Oldest kernel the engine runs on: 6.4 brought the sockmap fixes it
+/// relies on (receive accounting and `copied_seq` for redirected skbs,
+/// FIN after redirected data).
+pub const MIN_KERNEL: (u32, u32) = (6, 4);
+
+/// Why the engine cannot run here; the message is one line naming what is
+/// missing.
+#[derive(Debug, thiserror::Error)]
+#[error("--forward sockmap: {0}")]
+pub struct Unavailable(String);
+
+/// The loaded program, attached to its map. Keep it for as long as the
+/// gateway forwards: dropping it detaches the program (the kernel then
+/// forwards nothing for the sockets still in the map).
+pub struct Program {
+    /// Owns the program and its attachment.
+    _ebpf: Ebpf,
+    /// The map, for shards to open their own handle on.
+    map: Arc<OwnedFd>,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program").field("map", &self.map).finish()
+    }
+}
+
+impl Program {
+    /// Checks the kernel, loads the verdict program with a map of room for
+    /// `max_connections` connections and attaches it.
+    ///
+    /// # Errors
+    /// [`Unavailable`] naming the step that failed: kernel too old, `bpf()`
+    /// refused (needs root, or `CAP_BPF` and `CAP_NET_ADMIN`), the program
+    /// rejected, or the attach refused.
+    pub fn load(max_connections: usize) -> Result<Program, Unavailable> {
+        let release = kernel_release();
+        match parse_release(&release) {
+            Some(v) if v >= MIN_KERNEL => {}
+            _ => {
+                return Err(Unavailable(format!(
+                    "needs Linux {}.{} or later, this kernel is {release:?}",
+                    MIN_KERNEL.0, MIN_KERNEL.1
+                )))
+            }
+        }
+        let entries = u32::try_from(max_connections.saturating_mul(2).max(2)).unwrap_or(u32::MAX);
+        let mut ebpf = aya::EbpfLoader::new()
+            .set_max_entries(MAP, entries)
+            .load(&OBJECT.0)
+            .map_err(|e| {
+                Unavailable(format!(
+                    "cannot load the BPF object (creating its map needs root, or CAP_BPF and CAP_NET_ADMIN): {}",
+                    chain(&e)
+                ))
+            })?;
+        let map = ebpf
+            .take_map(MAP)
+            .ok_or_else(|| Unavailable(format!("the BPF object has no map {MAP}")))?;
+        let hash: SockHash<MapData, u64> = SockHash::try_from(map)
+            .map_err(|e| Unavailable(format!("map {MAP}: {}", chain(&e))))?;
+        let program: &mut SkSkb = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| Unavailable(format!("the BPF object has no program {PROGRAM}")))?
+            .try_into()
+            .map_err(|e| Unavailable(format!("program {PROGRAM}: {}", chain(&e))))?;
+        program.load().map_err(|e| {
+            Unavailable(format!(
+                "the kernel refused the verdict program (needs root, or CAP_BPF and CAP_NET_ADMIN): {}",
+                chain(&e)
+            ))
+        })?;
+        program.attach(hash.fd()).map_err(|e| {
+            Unavailable(format!(
+                "cannot attach the stream verdict program to the SOCKHASH (needs CAP_NET_ADMIN): {}",
+                chain(&e)
+            ))
+        })?;
+        let map = hash
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| Unavailable(format!("duplicating the map descriptor: {e}")))?;
+        // `hash` (the loader's handle) closes here; the map lives on through
+        // `map` and the program's attachment.
+        Ok(Program {
+            _ebpf: ebpf,
+            map: Arc::new(map),
+        })
+    }
+
+    /// The map's descriptor, for [`ShardMap::open`] on each shard's thread.
+    pub fn map(&self) -> Arc<OwnedFd> {
+        Arc::clone(&self.map)
+    }
+}
+
+/// One shard's handle on the map.
+pub struct ShardMap {
+    map: SockHash<MapData, u64>,
+}
+
+impl std::fmt::Debug for ShardMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ShardMap")
+    }
+}
+
+impl ShardMap {
+    /// A handle of its own on the map `fd` names (see [`Program::map`]).
+    ///
+    /// # Errors
+    /// Out of descriptors, or the kernel refuses to describe the map.
+    pub fn open(fd: &OwnedFd) -> io::Result<ShardMap> {
+        let data = MapData::from_fd(fd.try_clone()?).map_err(io::Error::other)?;
+        let map = SockHash::try_from(Map::SockHash(data)).map_err(io::Error::other)?;
+        Ok(ShardMap { map })
+    }
+
+    /// Puts both sockets of a connection into the map, each under the
+    /// other's cookie. From then on the kernel forwards every byte either
+    /// receives; bytes queued before are released by [`release_queued`].
+    ///
+    /// # Errors
+    /// The cookie cannot be read, or the map update fails (full map, the
+    /// socket is not an established TCP socket).
+    pub fn pair(&mut self, client: BorrowedFd<'_>, upstream: BorrowedFd<'_>) -> io::Result<()> {
+        let (c, u) = (cookie(client)?, cookie(upstream)?);
+        self.map
+            .insert(c, upstream.as_raw_fd(), 0)
+            .map_err(io::Error::other)?;
+        self.map
+            .insert(u, client.as_raw_fd(), 0)
+            .map_err(io::Error::other)?;
+        Ok(())
+    }
+}
+
+/// Makes the kernel run the verdict on bytes that were queued in `fd`
+/// before it entered the map (the ClientHello, still in the client socket):
+/// setting `SO_RCVLOWAT` makes TCP call the socket's data-ready callback
+/// when bytes are waiting, and in the map that callback is the verdict.
+///
+/// # Errors
+/// As `setsockopt(2)`.
+pub fn release_queued(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: libc::c_int = 1;
+    // SAFETY: `fd` is borrowed for the call; `one` lives across it and the
+    // length given is its size.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVLOWAT,
+            (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `SO_COOKIE`: the kernel's 64-bit identity of a socket.
+const SO_COOKIE: libc::c_int = 57;
+
+/// The socket's cookie, the key its peer is stored under.
+///
+/// # Errors
+/// As `getsockopt(2)`.
+pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    let mut value: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `fd` is borrowed for the call; `value` and `len` are live
+    // locals and `len` is `value`'s size.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_COOKIE,
+            (&mut value as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(value)
+}
+
+/// What TCP says about one socket's bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Sequence space received: data bytes, plus one once a FIN arrived.
+    pub received: u64,
+    /// Sequence space the peer acknowledged, plus what sits in the send
+    /// queue: everything written into the socket (plus one for a SYN the
+    /// socket sent itself, on a connecting socket, and one for its own FIN).
+    pub written: u64,
+    /// Bytes written but not yet acknowledged (`SIOCOUTQ`).
+    pub unacked: u32,
+    /// Milliseconds since data last arrived.
+    pub idle_ms: u32,
+}
+
+/// Reads [`Counts`] for a TCP socket.
+///
+/// # Errors
+/// As `getsockopt(2)`/`ioctl(2)`.
+pub fn counts(fd: BorrowedFd<'_>) -> io::Result<Counts> {
+    let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `fd` is borrowed for the call; `info` is a zeroed local of
+    // `len` bytes, and the kernel writes at most `len` of them.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero is a valid value for every field (integers only), and
+    // the kernel filled what it knows.
+    let info = unsafe { info.assume_init() };
+    let mut outq: libc::c_int = 0;
+    // SAFETY: `fd` is borrowed for the call; TIOCOUTQ (SIOCOUTQ) writes one
+    // int into the live local.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut outq) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unacked = u32::try_from(outq).unwrap_or(0);
+    Ok(Counts {
+        received: info.tcpi_bytes_received,
+        written: info.tcpi_bytes_acked + u64::from(unacked),
+        unacked,
+        idle_ms: info.tcpi_last_data_recv,
+    })
+}
+
+/// `uname -r`.
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// `6.18.44-whatever` → (6, 18).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// An error and its causes on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases_parse() {
+        assert_eq!(parse_release("6.18.44-fc-v1252"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0"), Some((5, 10)));
+        assert_eq!(parse_release("6.4"), Some((6, 4)));
+        assert_eq!(parse_release(""), None);
+        assert!(Some((5, 15)) < Some(MIN_KERNEL));
+    }
+
+    #[test]
+    fn the_embedded_object_names_its_map_and_program() {
+        let text = String::from_utf8_lossy(&OBJECT.0);
+        assert!(text.contains(MAP) && text.contains(PROGRAM));
+    }
+}
