@@ -549,7 +549,8 @@ impl Envoy {
     /// The namespace cannot be entered, the request fails or is not 200.
     pub fn admin_get(&self, path: &str) -> anyhow::Result<String> {
         let admin = self.admin;
-        let request = format!("GET {path} HTTP/1.0\r\nHost: envoy\r\n\r\n");
+        // Envoy answers HTTP/1.0 with 426: HTTP/1.1, closed after the response.
+        let request = format!("GET {path} HTTP/1.1\r\nHost: envoy\r\nConnection: close\r\n\r\n");
         let response = crate::netns::in_netns(&self.ns, move || {
             let mut s = TcpStream::connect_timeout(&admin, Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
@@ -566,19 +567,26 @@ impl Envoy {
                 head.lines().next().unwrap_or("")
             );
         }
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return dechunk(body)
+                .with_context(|| format!("GET http://{admin}{path}: chunked body"));
+        }
         Ok(body.to_owned())
     }
 
-    /// The value of counter or gauge `name` from `/stats` (0 when absent).
+    /// The sum of the counters and gauges whose names match the regex
+    /// `filter` (Envoy's `/stats?filter=`); 0 when none does.
     ///
     /// # Errors
     /// See [`Envoy::admin_get`].
-    pub fn stat(&self, name: &str) -> anyhow::Result<u64> {
-        let body = self.admin_get(&format!("/stats?filter=^{}$", regex_escape(name)))?;
+    pub fn stats_sum(&self, filter: &str) -> anyhow::Result<u64> {
+        let body = self.admin_get(&format!("/stats?filter={filter}"))?;
         Ok(body
             .lines()
-            .filter_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
-            .filter_map(|v| v.trim().parse::<u64>().ok())
+            .filter_map(|l| l.rsplit_once(": ")?.1.trim().parse::<u64>().ok())
             .sum())
     }
 
@@ -628,6 +636,25 @@ impl Envoy {
                 bail!("Envoy exited:\n{}", self.child.log());
             }
         }
+    }
+}
+
+/// The payload of a chunked HTTP/1.1 body.
+fn dechunk(mut body: &str) -> anyhow::Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("chunk size line")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .with_context(|| format!("chunk size {size:?}"))?;
+        if size == 0 {
+            return Ok(out);
+        }
+        let chunk = rest.get(..size).context("chunk shorter than its size")?;
+        out.push_str(chunk);
+        body = rest
+            .get(size..)
+            .and_then(|r| r.strip_prefix("\r\n"))
+            .context("chunk not followed by CRLF")?;
     }
 }
 
@@ -729,6 +756,13 @@ mod tests {
         );
         assert_eq!(chain["filters"][1]["typed_config"]["cluster"], "local_app");
         assert_eq!(b["static_resources"]["clusters"][1]["name"], "local_app");
+    }
+
+    #[test]
+    fn chunked_bodies_are_joined() {
+        assert_eq!(dechunk("5\r\nLIVE\n\r\n0\r\n\r\n").unwrap(), "LIVE\n");
+        assert_eq!(dechunk("2\r\nab\r\n1\r\nc\r\n0\r\n\r\n").unwrap(), "abc");
+        assert!(dechunk("9\r\nab\r\n").is_err());
     }
 
     #[test]

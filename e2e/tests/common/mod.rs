@@ -299,6 +299,18 @@ pub fn endpoints(s: &Snapshot, sni: &str) -> Option<Vec<String>> {
         .map(|r| r.endpoints.iter().map(|e| e.address().to_owned()).collect())
 }
 
+/// Addresses of route `sni`'s healthy endpoints (the agent keeps critical
+/// ones in the table, marked `healthy: false`, for the panic threshold).
+pub fn healthy_endpoints(s: &Snapshot, sni: &str) -> Option<Vec<String>> {
+    s.routes.iter().find(|r| r.sni == sni).map(|r| {
+        r.endpoints
+            .iter()
+            .filter(|e| e.healthy())
+            .map(|e| e.address().to_owned())
+            .collect()
+    })
+}
+
 /// A value of a metric line `name ...` from meshgate's `/metrics`, fetched
 /// from inside `ns`.
 pub fn metric(ns: &Netns, admin: SocketAddr, name: &str) -> f64 {
@@ -442,4 +454,47 @@ pub fn mode_config(dir: &Path, case: &str) {
             }}}}}}}}}}"#
         ),
     );
+}
+
+/// The Envoy binary, or `None` after printing why the test skips (no
+/// binary could be found or installed; `.ci/run` installs one).
+pub fn envoy_or_skip(test: &str) -> Option<PathBuf> {
+    match meshgate_e2e::envoy::find_envoy() {
+        Ok(e) => Some(e),
+        Err(e) => {
+            eprintln!("{test}: skipped: {e:#}");
+            None
+        }
+    }
+}
+
+/// A sidecar Envoy in `ns`, its bootstrap written under `dir`, ready.
+pub fn start_envoy(
+    ns: &Netns,
+    envoy: &Path,
+    dir: &Path,
+    spec: &meshgate_e2e::envoy::SidecarSpec,
+) -> meshgate_e2e::envoy::Envoy {
+    let config = dir.join(format!(
+        "{}-{}-{}.json",
+        ns.name(),
+        spec.proxy_id,
+        spec.admin.port()
+    ));
+    meshgate_e2e::envoy::Envoy::start(ns, envoy, spec, &config)
+        .unwrap_or_else(|e| panic!("start {}'s Envoy: {e:#}", spec.proxy_id))
+}
+
+/// The application in `ns`: one line through the sidecar listener `to`.
+pub fn app(ns: &Netns, to: SocketAddr, message: &str) -> anyhow::Result<String> {
+    let message = message.to_owned();
+    ns.run(move || meshgate_e2e::envoy::exchange(to, &message, Duration::from_secs(10)))?
+}
+
+/// [`app`], asserting the line came back unchanged.
+pub fn app_ok(ns: &Netns, to: SocketAddr, message: &str, what: &str) {
+    match app(ns, to, message) {
+        Ok(echoed) => assert_eq!(echoed, message, "{what}: the echo differs"),
+        Err(e) => panic!("{what}: the echo did not come back: {e:#}"),
+    }
 }
