@@ -94,10 +94,7 @@ impl Listening {
                 if let Ok(copy) = fd.try_clone() {
                     self.handover.push((addr, copy));
                 }
-                inbox
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(ListenerOp::Add(fd));
+                post(inbox, ListenerOp::Add(fd));
             }
             self.bound.push(addr);
             changed = true;
@@ -108,10 +105,7 @@ impl Listening {
                 continue;
             }
             for inbox in shared.listener_ops.iter() {
-                inbox
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(ListenerOp::Remove(addr));
+                post(inbox, ListenerOp::Remove(addr));
             }
             self.handover.retain(|(a, _)| *a != addr);
             self.bound.retain(|a| *a != addr);
@@ -124,6 +118,12 @@ impl Listening {
             }
         }
     }
+}
+
+/// Leaves `op` in a shard's inbox (a poisoned lock still holds a valid
+/// list: the shards only ever take it whole).
+fn post(inbox: &std::sync::Mutex<Vec<ListenerOp>>, op: ListenerOp) {
+    inbox.lock().unwrap_or_else(|p| p.into_inner()).push(op);
 }
 
 /// Gives every shard one listening socket per address: inherited sockets
@@ -185,17 +185,25 @@ pub(crate) fn bind_all(
     Ok((bound, per_shard))
 }
 
-pub(crate) fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
+/// A TCP socket for `addr`'s family with `SO_REUSEADDR` (and IPv6 only for
+/// an IPv6 address), not yet bound.
+fn tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(*addr),
         Type::STREAM.cloexec(),
         Some(Protocol::TCP),
     )?;
     socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    Ok(socket)
+}
+
+/// One shard's non-blocking `SO_REUSEPORT` listening socket on `addr`.
+pub(crate) fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
+    let socket = tcp_socket(addr)?;
+    socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&(*addr).into())?;
     socket.listen(4096)?;
@@ -203,23 +211,12 @@ pub(crate) fn bind_one(addr: &SocketAddr) -> io::Result<Socket> {
 }
 
 /// Fails with [`ServeError::Bind`] (exit 73) when something already listens
-/// on `addr` (this process too, unless `ours_ok`): a bind without `SO_REUSEPORT` (with `SO_REUSEADDR`, so sockets
-/// in `TIME_WAIT` do not count) fails exactly when another socket is bound
-/// there. The probe is closed before the shards bind; a process that binds
+/// on `addr` (this process too, unless `ours_ok`): a bind without
+/// `SO_REUSEPORT` (with `SO_REUSEADDR`, so sockets in `TIME_WAIT` do not
+/// count) fails exactly when another socket is bound there. The probe is closed before the shards bind; a process that binds
 /// in between shares the address, a race of microseconds at start.
 fn ensure_free(addr: &SocketAddr, ours_ok: bool) -> Result<(), ServeError> {
-    let probe = (|| {
-        let socket = Socket::new(
-            Domain::for_address(*addr),
-            Type::STREAM.cloexec(),
-            Some(Protocol::TCP),
-        )?;
-        socket.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(true)?;
-        }
-        socket.bind(&(*addr).into())
-    })();
+    let probe = tcp_socket(addr).and_then(|socket| socket.bind(&(*addr).into()));
     match probe {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => {

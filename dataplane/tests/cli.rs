@@ -5,29 +5,13 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::process::Child;
+use common::run::meshgate;
 use common::*;
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
-}
-
-/// Runs the binary with `args`, bounded to 10 s; returns (exit code, stdout+stderr lines).
-fn meshgate(args: &[&str]) -> (Option<i32>, Vec<String>) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshgate"));
-    cmd.args(args).env("NO_COLOR", "1");
-    let child = Child::spawn("meshgate", cmd, false).expect("spawn meshgate");
-    let (status, _) = child.wait_exit(Duration::from_secs(10));
-    let status = status.unwrap_or_else(|| panic!("meshgate {args:?} did not exit within 10 s"));
-    let lines = child
-        .lines()
-        .into_iter()
-        .map(|l| l.trim_start_matches("[stdout] ").to_string())
-        .collect();
-    (status.code(), lines)
 }
 
 fn output_of(lines: &[String]) -> String {

@@ -4,21 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::process::Child;
+use common::run::meshgate_output as meshgate;
 use common::*;
-
-/// Runs the binary with `args`, bounded; (exit code, every output line joined).
-fn meshgate(args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshgate"));
-    cmd.args(args).env("NO_COLOR", "1");
-    let child = Child::spawn("meshgate", cmd, false).expect("spawn meshgate");
-    let (status, _) = child.wait_exit(Duration::from_secs(10));
-    let status = status.unwrap_or_else(|| panic!("meshgate {args:?} did not exit within 10 s"));
-    (status.code(), child.lines().join("\n"))
-}
 
 #[test]
 fn serve_refuses_values_that_mean_nothing() {

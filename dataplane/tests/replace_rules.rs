@@ -12,12 +12,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use common::admin::Metrics;
-use common::process::Child;
 use common::routes::{to_json, to_toml, TempDir};
+use common::run::meshgate_output as meshgate;
 use common::*;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -68,16 +67,6 @@ impl Fmt {
             Fmt::Json => ["{}\n", "{\"version\": 10, \"routes\": []}\n"],
         }
     }
-}
-
-/// Runs `meshgate` with `args`, bounded; (exit code, output).
-fn meshgate(args: &[&str]) -> (Option<i32>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_meshgate"));
-    cmd.args(args).env("NO_COLOR", "1");
-    let child = Child::spawn("meshgate", cmd, false).expect("spawn meshgate");
-    let (status, _) = child.wait_exit(Duration::from_secs(10));
-    let status = status.unwrap_or_else(|| panic!("meshgate {args:?} did not exit within 10 s"));
-    (status.code(), child.lines().join("\n"))
 }
 
 fn check(path: &Path, against: Option<&Path>) -> (Option<i32>, String) {

@@ -23,6 +23,7 @@ pub mod pki;
 pub use meshgate_testkit::process;
 pub mod raw;
 pub mod routes;
+pub mod run;
 pub mod seccomp;
 pub mod tls;
 
@@ -51,7 +52,8 @@ pub fn sni(service: &str, dc: &str) -> String {
 }
 
 /// Expands to one `#[test]` per data-plane variant (`<body>::splice`, `<body>::copy`,
-/// `<body>::epoll_splice`, `<body>::epoll_copy`, `<body>::ring_splice`), each running `body(Forward::…)` under a
+/// `<body>::epoll_splice`, `<body>::epoll_copy`, `<body>::ring_splice`, `<body>::sockmap`,
+/// `<body>::epoll_sockmap`; the last two skip, saying why, where BPF is not allowed), each running `body(Forward::…)` under a
 /// deadline of `secs` seconds.
 macro_rules! forward_tests {
     ($body:ident, $secs:expr) => {
@@ -61,11 +63,17 @@ macro_rules! forward_tests {
             $crate::common::forward_tests!(@one $body, epoll_splice, EpollSplice, $secs);
             $crate::common::forward_tests!(@one $body, epoll_copy, EpollCopy, $secs);
             $crate::common::forward_tests!(@one $body, ring_splice, RingSplice, $secs);
+            $crate::common::forward_tests!(@one $body, sockmap, Sockmap, $secs);
+            $crate::common::forward_tests!(@one $body, epoll_sockmap, EpollSockmap, $secs);
         }
     };
     (@one $body:ident, $name:ident, $variant:ident, $secs:expr) => {
         #[test]
         fn $name() {
+            if let Some(reason) = $crate::common::Forward::$variant.unavailable() {
+                eprintln!("skipped: {reason}");
+                return;
+            }
             $crate::common::run_bounded(
                 concat!(stringify!($body), "::", stringify!($name)),
                 ::std::time::Duration::from_secs($secs),
