@@ -3,14 +3,21 @@
 //! `finance` on separate LANs (the same subnet), each with its own meshgate
 //! gateway, joined by the gateways' segment where the Consul servers also
 //! are. `web` in `default` reaches `billing` in `finance` with the partition
-//! SNI form, through both gateways. Needs root; skipped otherwise.
+//! SNI form, through both gateways: web's Envoy sidecar (the upstream's
+//! partition SNI, web's SPIFFE leaf, billing's `/ap/finance` SPIFFE ID to
+//! match) → default's gateway → finance's gateway → billing's Envoy (client
+//! certificate required, web of partition default allowed by intention) →
+//! billing. Needs root and Envoy; skipped otherwise, with the reason.
 
 mod common;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use common::*;
 use consul_standin::{CheckStatus, Config, InstanceSpec};
+use meshgate_e2e::envoy::{intention_source, PublicListenerSpec, SidecarSpec, UpstreamSpec};
 use meshgate_e2e::netns::{remove_stale, Netns};
 use meshgate_e2e::pki::MeshCa;
 use meshgate_e2e::service_sni;
@@ -21,10 +28,13 @@ fn admin_partitions_default_and_finance() {
     if skip_unless_root("admin_partitions_default_and_finance") {
         return;
     }
-    run_bounded("partitions", LIMIT, partitions);
+    let Some(envoy) = envoy_or_skip("admin_partitions_default_and_finance") else {
+        return;
+    };
+    run_bounded("partitions", LIMIT, move || partitions(envoy));
 }
 
-fn partitions() {
+fn partitions(envoy: PathBuf) {
     let t0 = Instant::now();
     for stale in remove_stale(PREFIX) {
         eprintln!("removed a namespace left by a crashed run: {stale}");
@@ -70,25 +80,17 @@ fn partitions() {
     );
     let admin = consul.admin();
     let _echo = sidecar_server(&fin, "echo", &["echo", "--listen", BILLING_ECHO]);
-    let mut args = vec![
-        "server".to_owned(),
-        "--listen".to_owned(),
-        BILLING.to_owned(),
-        "--upstream".to_owned(),
-        BILLING_ECHO.to_owned(),
-        "--name".to_owned(),
-        "billing-1".to_owned(),
-    ];
-    for (flag, p) in [
-        ("--ca", &billing_tls.ca),
-        ("--cert", &billing_tls.cert),
-        ("--key", &billing_tls.key),
-    ] {
-        args.push(flag.to_owned());
-        args.push(p.display().to_string());
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let billing = sidecar_server(&fin, "billing sidecar", &args);
+    let billing_spec = SidecarSpec::new(
+        "billing",
+        billing_tls.clone(),
+        "127.0.0.1:19300".parse().unwrap(),
+    )
+    .public_listener(PublicListenerSpec {
+        listen: BILLING.parse().unwrap(),
+        local_app: BILLING_ECHO.parse().unwrap(),
+        allow_sources: Some(vec![intention_source(TD, Some("default"), "web")]),
+    });
+    let billing = start_envoy(&fin, &envoy, dir, &billing_spec);
     admin
         .register(
             InstanceSpec::service("billing", BILLING_ECHO)
@@ -143,24 +145,43 @@ fn partitions() {
     });
 
     stage(t0, "tables in place");
-    let out = dial_ok(
-        &def,
-        &web_tls,
-        GW_LAN,
-        &sni,
-        "web to billing",
-        "across partitions",
-    );
-    assert!(
-        out.contains(&format!(
-            "server_identity=spiffe://{TD}/ap/finance/ns/default/dc/dc1/svc/billing"
-        )),
+    // web's sidecar in default: mode local, its partition's gateway.
+    let billing_id = format!("spiffe://{TD}/ap/finance/ns/default/dc/dc1/svc/billing");
+    let web_id = format!("spiffe://{TD}/ap/default/ns/default/dc/dc1/svc/web");
+    let web = |n: u16, server_id: &str, endpoint: &str| {
+        let spec = SidecarSpec::new(
+            "web",
+            web_tls.clone(),
+            format!("127.0.0.1:{}", 19300 + n).parse().unwrap(),
+        )
+        .upstream(UpstreamSpec::new(
+            "billing",
+            "dc1",
+            upstream(n),
+            &sni,
+            server_id,
+            vec![endpoint.parse().unwrap()],
+        ));
+        start_envoy(&def, &envoy, dir, &spec)
+    };
+    let web_local = web(0, &billing_id, GW_LAN);
+    app_ok(&def, upstream(0), "web to billing", "across partitions");
+    let out = web_local
+        .access_line(0, EVENT, |_| true)
+        .expect("web's Envoy logged the connection");
+    eprintln!("partitions, hop 1: {out}");
+    assert_eq!(field(&out, "upstream"), Some(GW_LAN), "{out}");
+    assert_eq!(
+        field(&out, "server_identity"),
+        Some(billing_id.as_str()),
         "{out}"
     );
-    let accepted = wait_line(&billing, "billing's sidecar accepted web", |l| {
-        l.contains("mesh-sidecar accepted") && l.contains("/ap/default/ns/default/dc/dc1/svc/web")
-    });
-    eprintln!("partitions: {accepted}");
+    let accepted = billing
+        .access_line(0, EVENT, |l| {
+            field(l, "client_identity") == Some(web_id.as_str())
+        })
+        .expect("billing's Envoy accepted web");
+    eprintln!("partitions, last hop: {accepted}");
     for (ns, gw) in [(&def, &def_gw), (&fin, &fin_gw)] {
         assert!(
             metric(ns, gw.admin, "meshgate_connections_forwarded_total") >= 1.0,
@@ -169,8 +190,41 @@ fn partitions() {
         );
     }
     stage(t0, "web reached billing");
-    // Without the gateways, billing is not reachable from default's LAN.
-    let d = dial(&def, &web_tls, BILLING, &sni, "direct");
-    assert!(!d.ok, "the partitions' LANs are apart:\n{}", d.output);
+    // The partition is part of billing's identity: a sidecar expecting the
+    // form without `/ap/finance` refuses billing's certificate.
+    let ce_form = format!("spiffe://{TD}/ns/default/dc/dc1/svc/billing");
+    let wrong = web(1, &ce_form, GW_LAN);
+    let r = app(&def, upstream(1), "wrong identity");
+    assert!(
+        r.is_err(),
+        "billing's certificate must not match {ce_form}: {r:?}"
+    );
+    let line = wrong
+        .access_line(0, EVENT, |_| true)
+        .expect("the refused connection is logged");
+    eprintln!("partitions, wrong SAN: {line}");
+    assert!(
+        field(&line, "failure").is_some_and(|f| f.contains("CERTIFICATE_VERIFY_FAILED")),
+        "{line}"
+    );
+    drop(wrong);
+    stage(t0, "wrong SAN refused");
+    // Without the gateways (mode none), billing is not reachable from
+    // default's LAN.
+    let direct = web(2, &billing_id, BILLING);
+    let r = app(&def, upstream(2), "direct");
+    assert!(r.is_err(), "the partitions' LANs are apart: {r:?}");
+    let line = direct
+        .access_line(0, EVENT, |_| true)
+        .expect("the failed connection is logged");
+    assert!(
+        field(&line, "flags").is_some_and(|f| f.contains("UF")),
+        "{line}"
+    );
     stage(t0, "done");
+}
+
+/// web's application dials billing here, in sidecar case `n`.
+fn upstream(n: u16) -> SocketAddr {
+    format!("127.0.0.1:{}", 8181 + n).parse().unwrap()
 }
