@@ -339,6 +339,37 @@ impl InstanceSpec {
         }
     }
 
+    /// A Consul server on node `node` at `ip`: the `consul` service (ID
+    /// `consul`, no service address, port `port`, Consul's server meta),
+    /// as the leader registers every server.
+    pub fn server(node: &str, ip: &str, port: u16) -> Self {
+        let mut meta = BTreeMap::new();
+        for (k, v) in [
+            ("raft_version", "3"),
+            ("read_replica", "false"),
+            ("non_voter", "false"),
+            ("serf_protocol_current", "2"),
+            ("version", "1.17.0"),
+        ] {
+            meta.insert(k.to_owned(), v.to_owned());
+        }
+        Self {
+            id: Some("consul".to_owned()),
+            name: "consul".to_owned(),
+            port,
+            node: Some(node.to_owned()),
+            node_address: Some(ip.to_owned()),
+            meta,
+            ..Self::default()
+        }
+    }
+
+    /// Sets `Proxy.Config`.
+    pub fn with_proxy_config(mut self, config: serde_json::Value) -> Self {
+        self.proxy_config = Some(config);
+        self
+    }
+
     /// Sets the instance ID.
     pub fn with_id(mut self, id: &str) -> Self {
         self.id = Some(id.to_owned());

@@ -69,6 +69,10 @@ pub(crate) struct Inner {
     pub leader: LeaderState,
     pub counters: Counters,
     pub log: VecDeque<RequestRecord>,
+    /// Datacenters other datacenters cannot reach (`No path to datacenter`).
+    pub unreachable: std::collections::BTreeSet<String>,
+    /// Whether each datacenter's federation state follows its catalog.
+    pub federation_auto: bool,
 }
 
 pub(crate) struct Shared {
@@ -92,6 +96,8 @@ impl Shared {
             },
             counters: Counters::default(),
             log: VecDeque::new(),
+            unreachable: std::collections::BTreeSet::new(),
+            federation_auto: false,
         };
         let shared = Self {
             addr,
@@ -195,6 +201,29 @@ impl Shared {
             store.upsert_service(consul, Vec::new());
         }
         inner.dcs.insert(name.to_owned(), store);
+    }
+
+    /// Copies datacenter `dc`'s mesh gateways into every datacenter's
+    /// federation states (the primary's copy and its replicas).
+    pub fn sync_federation_state(inner: &mut Inner, dc: &str) -> Option<u64> {
+        let gateways = inner.dcs.get(dc)?.mesh_gateway_nodes();
+        let mut index = 0;
+        for store in inner.dcs.values_mut() {
+            index = store.set_federation_state(dc, gateways.clone());
+        }
+        Some(index)
+    }
+
+    /// With automatic federation states, every datacenter's state follows
+    /// its catalog (the leaders' anti-entropy, without its delay).
+    pub fn follow_federation(inner: &mut Inner) {
+        if !inner.federation_auto {
+            return;
+        }
+        let names: Vec<String> = inner.dcs.keys().cloned().collect();
+        for dc in names {
+            Self::sync_federation_state(inner, &dc);
+        }
     }
 
     /// Appends to the request log and counters.

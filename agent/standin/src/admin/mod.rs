@@ -314,6 +314,65 @@ impl Admin {
             .ok_or_else(|| AdminError::Decode(v.to_string()))
     }
 
+    /// Copies datacenter `dc`'s mesh gateways (all datacenters' with
+    /// `None`) into the federation states; returns the table's new index.
+    ///
+    /// # Errors
+    /// Unknown datacenter.
+    pub fn sync_federation_states(&self, dc: Option<&str>) -> Result<u64, AdminError> {
+        self.index_of(AdminOp::SyncFederationStates {
+            datacenter: dc.map(str::to_owned),
+        })
+    }
+
+    /// Removes datacenter `dc`'s federation state.
+    ///
+    /// # Errors
+    /// No federation state for `dc`.
+    pub fn delete_federation_state(&self, dc: &str) -> Result<u64, AdminError> {
+        self.index_of(AdminOp::DeleteFederationState {
+            datacenter: dc.to_owned(),
+        })
+    }
+
+    /// Federation states follow every catalog write (`true`) or change only
+    /// through [`Admin::sync_federation_states`] (`false`, the default).
+    ///
+    /// # Errors
+    /// Only transport errors.
+    pub fn set_federation_auto(&self, enabled: bool) -> Result<(), AdminError> {
+        self.apply(AdminOp::SetFederationAuto { enabled }).map(drop)
+    }
+
+    /// Makes `?dc=<dc>` requests fail with `500 No path to datacenter`
+    /// (`reachable = false`) or succeed again.
+    ///
+    /// # Errors
+    /// Unknown or local datacenter.
+    pub fn set_reachable(&self, dc: &str, reachable: bool) -> Result<(), AdminError> {
+        self.apply(AdminOp::SetReachable {
+            datacenter: dc.to_owned(),
+            reachable,
+        })
+        .map(drop)
+    }
+
+    /// Adds a Consul server of datacenter `dc`: node `node` at `ip`, with an
+    /// instance of the `consul` service on port `port` (no service address,
+    /// as servers register it). Returns the instance ID (`consul`).
+    ///
+    /// # Errors
+    /// Unknown datacenter.
+    pub fn add_server(
+        &self,
+        dc: &str,
+        node: &str,
+        ip: &str,
+        port: u16,
+    ) -> Result<String, AdminError> {
+        self.register(InstanceSpec::server(node, ip, port).in_dc(dc))
+    }
+
     /// Injects a fault; returns its ID.
     ///
     /// # Errors

@@ -190,6 +190,34 @@ pub enum AdminOp {
     ResetCounters,
     /// Returns the request log (most recent last).
     Requests,
+    /// Copies a datacenter's mesh gateways (default partition) into the
+    /// federation states every datacenter holds; all datacenters when absent.
+    SyncFederationStates {
+        /// Datacenter; all when absent.
+        #[serde(default)]
+        datacenter: Option<String>,
+    },
+    /// Removes a datacenter's federation state everywhere.
+    DeleteFederationState {
+        /// Datacenter.
+        datacenter: String,
+    },
+    /// `true`: every datacenter's federation state follows its catalog after
+    /// each write (the leaders' anti-entropy, at once); `false`: only
+    /// `sync_federation_states` changes them (the default).
+    SetFederationAuto {
+        /// On or off.
+        enabled: bool,
+    },
+    /// Whether requests for another datacenter (`?dc=`) reach it; an
+    /// unreachable one answers `500 No path to datacenter`, as when WAN
+    /// federation has no route there.
+    SetReachable {
+        /// Datacenter.
+        datacenter: String,
+        /// Reachable or not.
+        reachable: bool,
+    },
     /// Returns a datacenter's current raft index.
     RaftIndex {
         /// Datacenter; default local.
@@ -208,6 +236,7 @@ impl Shared {
     /// Runs one admin operation.
     pub(crate) fn apply(&self, op: AdminOp) -> Result<Value, AdminError> {
         let result = self.apply_locked(op);
+        Shared::follow_federation(&mut self.lock());
         self.notify();
         result
     }
@@ -458,6 +487,51 @@ impl Shared {
                 Ok(json!({}))
             }
             AdminOp::Requests => Ok(json!(inner.log)),
+            AdminOp::SyncFederationStates { datacenter } => {
+                let names: Vec<String> = match datacenter {
+                    Some(d) => vec![d],
+                    None => inner.dcs.keys().cloned().collect(),
+                };
+                let mut index = 0;
+                for d in names {
+                    index = Shared::sync_federation_state(&mut inner, &d)
+                        .ok_or_else(|| unknown_dc(&d))?;
+                }
+                Ok(json!({"index": index}))
+            }
+            AdminOp::DeleteFederationState { datacenter } => {
+                let mut index = None;
+                for store in inner.dcs.values_mut() {
+                    index = store.delete_federation_state(&datacenter).or(index);
+                }
+                let index = index.ok_or_else(|| {
+                    AdminError::NotFound(format!("federation state of {datacenter:?}"))
+                })?;
+                Ok(json!({"index": index}))
+            }
+            AdminOp::SetFederationAuto { enabled } => {
+                inner.federation_auto = enabled;
+                Ok(json!({}))
+            }
+            AdminOp::SetReachable {
+                datacenter,
+                reachable,
+            } => {
+                if !inner.dcs.contains_key(&datacenter) {
+                    return Err(unknown_dc(&datacenter));
+                }
+                if datacenter == self.config.datacenter {
+                    return Err(AdminError::Invalid(
+                        "the local datacenter is always reachable".into(),
+                    ));
+                }
+                if reachable {
+                    inner.unreachable.remove(&datacenter);
+                } else {
+                    inner.unreachable.insert(datacenter);
+                }
+                Ok(json!({}))
+            }
             AdminOp::RaftIndex { datacenter } => {
                 let dc = self.dc_name(datacenter.as_deref());
                 let store = inner.dcs.get(&dc).ok_or_else(|| unknown_dc(&dc))?;

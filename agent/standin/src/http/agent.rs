@@ -140,6 +140,7 @@ pub(crate) fn register(shared: &Shared, opts: &Opts, body: &[u8]) -> Result<Repl
             store.upsert_service(svc, checks);
         }
     }
+    Shared::follow_federation(&mut shared.lock());
     shared.notify();
     Ok(Reply::text(200, ""))
 }
@@ -251,6 +252,7 @@ pub(crate) fn deregister(shared: &Shared, opts: &Opts, id: &str) -> Result<Reply
             store.remove_service(&sidecar_key);
         }
     }
+    Shared::follow_federation(&mut shared.lock());
     shared.notify();
     Ok(Reply::text(200, ""))
 }

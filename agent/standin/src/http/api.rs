@@ -123,6 +123,7 @@ pub(crate) async fn dispatch(
         | "/v1/catalog/datacenters"
         | "/v1/connect/ca/roots"
         | "/v1/agent/self"
+        | "/v1/internal/federation-states/mesh-gateways"
         | "/v1/status/leader" => GET,
         "/v1/namespaces" | "/v1/partitions" if ent => GET,
         "/v1/agent/service/register" | "/v1/config" => PUT,
@@ -278,7 +279,7 @@ fn parse_opts(shared: &Shared, query: Query, headers: &HeaderMap) -> Result<Opts
 /// a leader is known (unless `stale`), and the token resolves.
 pub(crate) fn preflight(shared: &Shared, opts: &Opts) -> Result<Authz, ApiError> {
     let inner = shared.lock();
-    if !inner.dcs.contains_key(&opts.dc) {
+    if !inner.dcs.contains_key(&opts.dc) || inner.unreachable.contains(&opts.dc) {
         return Err(ApiError::no_path());
     }
     if !inner.leader.known && opts.consistency != Consistency::Stale {

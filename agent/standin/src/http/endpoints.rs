@@ -1,7 +1,8 @@
 //! The read endpoints a mesh gateway agent watches (reference section 4)
 //! and the config-entry writes: `/v1/catalog/services`,
 //! `/v1/catalog/datacenters`, `/v1/health/service|connect/<svc>`,
-//! `/v1/connect/ca/roots`, `/v1/config/<kind>[/<name>]`, `PUT /v1/config`,
+//! `/v1/connect/ca/roots`, `/v1/internal/federation-states/mesh-gateways`,
+//! `/v1/config/<kind>[/<name>]`, `PUT /v1/config`,
 //! and on Enterprise `/v1/namespaces`, `/v1/partitions`.
 
 use std::sync::Arc;
@@ -123,6 +124,12 @@ pub(crate) async fn query(
                 ))
             })
             .await?;
+            Ok(query_reply(shared, opts, r))
+        }
+        "/v1/internal/federation-states/mesh-gateways" => {
+            preflight(shared, opts)?;
+            let r =
+                blocking::run(shared, opts, |store, min| Ok(store.federation_states(min))).await?;
             Ok(query_reply(shared, opts, r))
         }
         "/v1/connect/ca/roots" => {

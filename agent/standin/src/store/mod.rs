@@ -20,6 +20,7 @@
 //! touches the network.
 
 mod entries;
+mod federation;
 mod records;
 mod render;
 #[cfg(test)]
@@ -50,6 +51,7 @@ pub(crate) enum IdxKey {
     ConfigEntries,
     Roots,
     Tenancy,
+    FederationStates,
 }
 
 /// One datacenter.
@@ -66,6 +68,8 @@ pub(crate) struct Store {
     pub entries: BTreeMap<(String, String, String, String), EntryRec>,
     pub roots: RootsRec,
     pub tenancy: BTreeMap<String, BTreeSet<String>>,
+    /// Federation states: datacenter -> its mesh gateways, rendered.
+    pub fed_states: BTreeMap<String, Vec<serde_json::Value>>,
 }
 
 impl Store {
@@ -86,6 +90,7 @@ impl Store {
             entries: BTreeMap::new(),
             roots,
             tenancy,
+            fed_states: BTreeMap::new(),
         };
         let i = s.bump([IdxKey::Roots, IdxKey::Tenancy]);
         s.roots.index = i;

@@ -49,11 +49,11 @@ pub(crate) struct HealthQuery<'a> {
 }
 
 /// Whether a blocked query must keep waiting (`min_index` 0 never waits).
-fn not_yet(index: u64, min_index: u64) -> bool {
+pub(super) fn not_yet(index: u64, min_index: u64) -> bool {
     min_index != 0 && index <= min_index
 }
 
-fn ok(index: u64, body: Value, acl_filtered: bool) -> Option<Rendered> {
+pub(super) fn ok(index: u64, body: Value, acl_filtered: bool) -> Option<Rendered> {
     Some(Rendered {
         index,
         status: 200,
@@ -187,7 +187,7 @@ impl Store {
         checks
     }
 
-    fn check_service_node(&self, s: &ServiceRec, ent: bool) -> Value {
+    pub(super) fn check_service_node(&self, s: &ServiceRec, ent: bool) -> Value {
         let node = self
             .nodes
             .get(&(s.partition.clone(), s.node.clone()))
