@@ -706,10 +706,10 @@ fn host_summary(r: &Results, args: &ReportArgs, md: &mut String) {
     }
     md.push_str(
         "### What the host pays: added over no proxy\n\nThe whole host's busy CPU time \
-         (`/proc/stat`: user, nice, system, irq, softirq, steal of every CPU) per unit \
-         of work, minus no proxy's in the same repetition; median [min–max] over the \
-         repetitions, then in parentheses the median ÷ the floor forwarder's. The last \
-         column is latency, not CPU.\n\n| target |",
+         (the window's wall-clock time on every CPU minus the idle and iowait time of \
+         `/proc/stat`) per unit of work, minus no proxy's in the same repetition; median \
+         [min–max] over the repetitions, then in parentheses the median ÷ the floor \
+         forwarder's. The last column is latency, not CPU.\n\n| target |",
     );
     for c in &cols {
         let _ = write!(md, " {} |", c.1);
@@ -767,16 +767,40 @@ fn chart(r: &Results, ch: &Chart, args: &ReportArgs, only: Option<&str>) -> anyh
     if bars.is_empty() {
         return Ok(String::new());
     }
-    let note = if ch.lower_is_better {
-        "lower is better; whiskers: min–max"
+    let mut note = if ch.lower_is_better {
+        "lower is better; whiskers: min–max".to_string()
     } else {
-        "higher is better; whiskers: min–max"
+        "higher is better; whiskers: min–max".to_string()
     };
+    let off = off_scale(&mut bars);
+    if !off.is_empty() {
+        let _ = write!(note, "; off the scale: {}", off.join(", "));
+    }
     let path: PathBuf = args.charts.join(ch.file);
-    std::fs::write(&path, svg::bar_chart(ch.title, note, &bars))
+    std::fs::write(&path, svg::bar_chart(ch.title, &note, &bars))
         .with_context(|| format!("writing {}", path.display()))?;
     let link = Path::new(&args.charts_link).join(ch.file);
     Ok(format!("![{}]({})\n", ch.title, link.display()))
+}
+
+/// Takes out the bars more than 10 times the median of all bars (a broken
+/// run would flatten every other bar) and returns them as "name (value)".
+fn off_scale(bars: &mut Vec<Bar>) -> Vec<String> {
+    let Some(mid) = Stat::of(bars.iter().map(|b| b.median).collect()).map(|s| s.median) else {
+        return Vec::new();
+    };
+    if mid <= 0.0 {
+        return Vec::new();
+    }
+    let mut off = Vec::new();
+    bars.retain(|b| {
+        let keep = b.median <= 10.0 * mid;
+        if !keep {
+            off.push(format!("{} ({})", b.label, fmt_num(b.median, 2)));
+        }
+        keep
+    });
+    off
 }
 
 /// meshgate's engines against each other, one headline figure per case.
@@ -1015,5 +1039,22 @@ mod tests {
             "{svg}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bar_far_off_the_others_is_named_instead_of_drawn() {
+        let bar = |label: &str, v: f64| Bar {
+            label: label.into(),
+            median: v,
+            min: v,
+            max: v,
+            highlight: false,
+        };
+        let mut bars = vec![bar("a", 0.5), bar("b", 0.6), bar("broken", 520.0)];
+        assert_eq!(off_scale(&mut bars), vec!["broken (520.00)".to_string()]);
+        assert_eq!(bars.len(), 2);
+        let mut fine = vec![bar("a", 0.5), bar("b", 4.0)];
+        assert!(off_scale(&mut fine).is_empty());
+        assert_eq!(fine.len(), 2);
     }
 }
