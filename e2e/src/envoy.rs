@@ -495,6 +495,9 @@ impl Envoy {
         cmd.arg("-c")
             .arg(config)
             .args(["--concurrency", "1", "--disable-hot-restart", "-l", "info"])
+            // Access-log lines are buffered and flushed every 10 s by
+            // default; the tests wait on them.
+            .args(["--file-flush-interval-msec", "50"])
             .args(["--service-node", &spec.proxy_id])
             .args(["--service-cluster", &spec.service]);
         let name = format!("envoy {} ({})", spec.proxy_id, ns.name());
