@@ -163,15 +163,32 @@ impl ShardMap {
     /// # Errors
     /// The cookie cannot be read, or the map update fails (full map, the
     /// socket is not an established TCP socket).
+    ///
+    /// The client goes in first: it is the socket most likely refused (the
+    /// kernel takes only established sockets, and a client may have sent its
+    /// FIN right behind its hello), and while it is alone in the map nothing
+    /// can be lost (its bytes would wait for a peer that is not there yet,
+    /// but the client is waiting for the upstream's answer). If the upstream
+    /// is refused, the client is taken out again. Either way an error leaves
+    /// neither socket in the map.
     pub fn pair(&mut self, client: BorrowedFd<'_>, upstream: BorrowedFd<'_>) -> io::Result<()> {
         let (c, u) = (cookie(client)?, cookie(upstream)?);
         self.map
-            .insert(c, upstream.as_raw_fd(), 0)
-            .map_err(io::Error::other)?;
-        self.map
             .insert(u, client.as_raw_fd(), 0)
-            .map_err(io::Error::other)?;
+            .map_err(syscall_error)?;
+        if let Err(e) = self.map.insert(c, upstream.as_raw_fd(), 0) {
+            let _ = self.map.remove(&u);
+            return Err(syscall_error(e));
+        }
         Ok(())
+    }
+}
+
+/// The kernel's error inside an aya map error.
+fn syscall_error(e: aya::maps::MapError) -> io::Error {
+    match e {
+        aya::maps::MapError::SyscallError(s) => s.io_error,
+        other => io::Error::other(other),
     }
 }
 
@@ -228,17 +245,14 @@ pub fn cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     Ok(value)
 }
 
-/// What TCP says about one socket's bytes.
+/// What TCP says about one socket's bytes (`TCP_INFO`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
     /// Sequence space received: data bytes, plus one once a FIN arrived.
     pub received: u64,
-    /// Sequence space the peer acknowledged, plus what sits in the send
-    /// queue: everything written into the socket (plus one for a SYN the
-    /// socket sent itself, on a connecting socket, and one for its own FIN).
-    pub written: u64,
-    /// Bytes written but not yet acknowledged (`SIOCOUTQ`).
-    pub unacked: u32,
+    /// Sequence space the peer acknowledged: data bytes, plus one for a SYN
+    /// the socket sent itself (a connecting socket) and one for its own FIN.
+    pub acked: u64,
     /// Milliseconds since data last arrived.
     pub idle_ms: u32,
 }
@@ -246,7 +260,7 @@ pub struct Counts {
 /// Reads [`Counts`] for a TCP socket.
 ///
 /// # Errors
-/// As `getsockopt(2)`/`ioctl(2)`.
+/// As `getsockopt(2)`.
 pub fn counts(fd: BorrowedFd<'_>) -> io::Result<Counts> {
     let mut info = MaybeUninit::<libc::tcp_info>::zeroed();
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -267,6 +281,18 @@ pub fn counts(fd: BorrowedFd<'_>) -> io::Result<Counts> {
     // SAFETY: zero is a valid value for every field (integers only), and
     // the kernel filled what it knows.
     let info = unsafe { info.assume_init() };
+    Ok(Counts {
+        received: info.tcpi_bytes_received,
+        acked: info.tcpi_bytes_acked,
+        idle_ms: info.tcpi_last_data_recv,
+    })
+}
+
+/// Bytes in the socket's send queue not yet acknowledged (`SIOCOUTQ`).
+///
+/// # Errors
+/// As `ioctl(2)`.
+pub fn unacked(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut outq: libc::c_int = 0;
     // SAFETY: `fd` is borrowed for the call; TIOCOUTQ (SIOCOUTQ) writes one
     // int into the live local.
@@ -274,13 +300,7 @@ pub fn counts(fd: BorrowedFd<'_>) -> io::Result<Counts> {
     if ret < 0 {
         return Err(io::Error::last_os_error());
     }
-    let unacked = u32::try_from(outq).unwrap_or(0);
-    Ok(Counts {
-        received: info.tcpi_bytes_received,
-        written: info.tcpi_bytes_acked + u64::from(unacked),
-        unacked,
-        idle_ms: info.tcpi_last_data_recv,
-    })
+    Ok(u64::try_from(outq).unwrap_or(0))
 }
 
 /// `uname -r`.

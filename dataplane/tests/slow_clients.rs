@@ -343,3 +343,14 @@ fn slow_clients_epoll_copy() {
         slow_clients(Forward::EpollCopy)
     });
 }
+
+#[test]
+fn slow_clients_sockmap() {
+    if let Some(reason) = Forward::Sockmap.unavailable() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    run_bounded("slow_clients_sockmap", Duration::from_secs(150), || {
+        slow_clients(Forward::Sockmap)
+    });
+}

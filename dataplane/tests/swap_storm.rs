@@ -213,3 +213,14 @@ fn swap_storm_copy() {
         swap_storm(Forward::Copy)
     });
 }
+
+#[test]
+fn swap_storm_sockmap() {
+    if let Some(reason) = Forward::Sockmap.unavailable() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    run_bounded("swap_storm_sockmap", Duration::from_secs(150), || {
+        swap_storm(Forward::Sockmap)
+    });
+}

@@ -68,18 +68,33 @@ impl<D: Driver> Shard<D> {
             Some(map) => map.pair(conn.client.as_fd(), upstream.as_fd()),
             None => Err(std::io::Error::other("no map")),
         };
+        if let Err(e) = paired {
+            // Neither socket is in the map: forward this connection in user
+            // space, with splice. Expected when a socket is no longer
+            // established (the kernel takes only those: a client that sent
+            // its FIN right behind its hello, an upstream that closed at
+            // once); anything else (a full map) is warned about.
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) && self.now_ms >= self.next_warning_ms {
+                self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
+                warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot put a connection into the map; forwarding it with splice");
+            }
+            debug!(shard = self.cfg.id, error = %e, "connection not paired; forwarding it with splice");
+            for d in 0..2 {
+                self.arm_read(slot, generation, d);
+            }
+            return;
+        }
+        conn.kernel = true;
         // Both are in the map: the verdict now sees every new skb. Bytes
         // queued before (the hello in the client socket; anything an eager
         // upstream sent) are pushed through it now.
-        let released = paired.and_then(|()| {
-            sockmap::release_queued(conn.client.as_fd())?;
-            sockmap::release_queued(upstream.as_fd())
-        });
+        let released = sockmap::release_queued(conn.client.as_fd())
+            .and_then(|()| sockmap::release_queued(upstream.as_fd()));
         if let Err(e) = released {
             self.stats.upstream_socket_errors.add(1);
             if self.now_ms >= self.next_warning_ms {
                 self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
-                warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot put the connection into the map; closing it");
+                warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot release the queued ClientHello; closing the connection");
             }
             return self.close(slot, generation, CloseReason::Resource);
         }
@@ -144,7 +159,11 @@ impl<D: Driver> Shard<D> {
         } else {
             (upstream.as_fd(), conn.client.as_fd())
         };
-        let (Ok(from), Ok(to)) = (sockmap::counts(src), sockmap::counts(dst)) else {
+        let (Ok(from), Ok(to), Ok(unacked)) = (
+            sockmap::counts(src),
+            sockmap::counts(dst),
+            sockmap::unacked(dst),
+        ) else {
             let reason = if d == 0 {
                 CloseReason::ClientError
             } else {
@@ -155,7 +174,7 @@ impl<D: Driver> Shard<D> {
         // The source's count holds its FIN; the destination's its SYN if
         // it connected (the upstream, for d == 0).
         let received = from.received.saturating_sub(1);
-        let written = to.written.saturating_sub(syn_bytes(d == 0));
+        let written = (to.acked + unacked).saturating_sub(syn_bytes(d == 0));
         if written < received {
             debug!(
                 shard = self.cfg.id,
@@ -171,7 +190,7 @@ impl<D: Driver> Shard<D> {
             dir = d,
             received,
             written,
-            unacked = to.unacked,
+            unacked,
             "FIN passed on"
         );
         let _ = sys::shutdown_write(dst);

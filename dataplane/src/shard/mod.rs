@@ -153,9 +153,23 @@ struct Conn {
     connect_started: Option<Instant>,
     /// The connection reached the Forwarding phase.
     forwarded: bool,
+    /// The kernel forwards it (sockmap engine; see [`Conn::mode`]).
+    kernel: bool,
     reason: CloseReason,
     /// What the access log needs; only allocated when it is on.
     log: Option<Box<LogInfo>>,
+}
+
+impl Conn {
+    /// How this connection's bytes move: the shard's engine, except that
+    /// under sockmap a connection the kernel would not take (a socket no
+    /// longer established when it was paired) is spliced.
+    fn mode(&self, engine: ForwardMode) -> ForwardMode {
+        match engine {
+            ForwardMode::Sockmap if !self.kernel => ForwardMode::Splice,
+            mode => mode,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -578,6 +592,7 @@ impl<D: Driver> Shard<D> {
             route_stats: None,
             connect_started: None,
             forwarded: false,
+            kernel: false,
             reason: CloseReason::Done,
             log,
         });
@@ -670,7 +685,7 @@ impl<D: Driver> Shard<D> {
                     self.close(slot, generation, CloseReason::HelloTimeout);
                 }
                 (TimerKind::Idle, Phase::Forwarding) => {
-                    if self.cfg.forward == ForwardMode::Sockmap {
+                    if conn.kernel {
                         kernel::note_activity(conn, self.now_ms);
                     }
                     let idle_ms = self.cfg.idle_timeout.as_millis() as u64;
@@ -761,7 +776,7 @@ impl<D: Driver> Shard<D> {
         let Some(mut conn) = self.conns.remove(slot) else {
             return;
         };
-        if self.cfg.forward == ForwardMode::Sockmap && conn.forwarded {
+        if conn.kernel {
             self.count_kernel_bytes(&mut conn);
         }
         for dir in &mut conn.dirs {

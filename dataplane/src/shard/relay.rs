@@ -20,7 +20,7 @@ impl<D: Driver> Shard<D> {
         let src = if d == 0 { &conn.client } else { upstream }.as_raw_fd();
         conn.inflight += 1;
         let token = Token::new(read_kind(d), slot, generation);
-        match self.cfg.forward {
+        match conn.mode(self.cfg.forward) {
             ForwardMode::Splice | ForwardMode::RingSplice => {
                 self.driver.poll(token, src, Interest::Read)
             }
@@ -38,13 +38,13 @@ impl<D: Driver> Shard<D> {
         c: Completion,
     ) {
         let now = self.now_ms;
-        let mode = self.cfg.forward;
-        if mode == ForwardMode::Sockmap {
-            return self.on_hangup(slot, generation, d, c);
-        }
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
+        let mode = conn.mode(self.cfg.forward);
+        if mode == ForwardMode::Sockmap {
+            return self.on_hangup(slot, generation, d, c);
+        }
         let Some(upstream) = conn.upstream.as_ref() else {
             return;
         };
@@ -194,7 +194,7 @@ impl<D: Driver> Shard<D> {
                         true,
                     );
                 }
-                Starved::Dir(d) => match self.cfg.forward {
+                Starved::Dir(d) => match conn.mode(self.cfg.forward) {
                     // Splice: pump again as if the source were readable
                     // (the direction has no operation in flight); the
                     // ring splice takes a pipe and fills it.

@@ -31,16 +31,23 @@ pub enum Forward {
     /// io_uring, kernel pipes, splice submitted through the ring behind a linked poll
     /// (`ring-splice`; io_uring only).
     RingSplice,
+    /// io_uring, the kernel forwards through a BPF sockmap (`sockmap`); needs root (or
+    /// CAP_BPF and CAP_NET_ADMIN) and Linux 6.4 or later, see [`Forward::unavailable`].
+    Sockmap,
+    /// epoll, BPF sockmap.
+    EpollSockmap,
 }
 
 impl Forward {
     /// Every variant, for tests that loop.
-    pub const ALL: [Forward; 5] = [
+    pub const ALL: [Forward; 7] = [
         Forward::Splice,
         Forward::Copy,
         Forward::EpollSplice,
         Forward::EpollCopy,
         Forward::RingSplice,
+        Forward::Sockmap,
+        Forward::EpollSockmap,
     ];
 
     /// The `--forward` value.
@@ -49,15 +56,48 @@ impl Forward {
             Forward::Splice | Forward::EpollSplice => "splice",
             Forward::Copy | Forward::EpollCopy => "copy",
             Forward::RingSplice => "ring-splice",
+            Forward::Sockmap | Forward::EpollSockmap => "sockmap",
         }
     }
 
     /// The `--engine` value.
     pub fn engine(self) -> &'static str {
         match self {
-            Forward::Splice | Forward::Copy | Forward::RingSplice => "uring",
-            Forward::EpollSplice | Forward::EpollCopy => "epoll",
+            Forward::Splice | Forward::Copy | Forward::RingSplice | Forward::Sockmap => "uring",
+            Forward::EpollSplice | Forward::EpollCopy | Forward::EpollSockmap => "epoll",
         }
+    }
+
+    /// Why this variant cannot run on this host (printed when a test skips it), or
+    /// `None`: the sockmap variants need root (BPF program load and SOCKHASH attach) and
+    /// Linux 6.4 or later.
+    pub fn unavailable(self) -> Option<String> {
+        if !matches!(self, Forward::Sockmap | Forward::EpollSockmap) {
+            return None;
+        }
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+        let version: (u32, u32) = (
+            parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+            parts.next().and_then(|p| p.parse().ok()).unwrap_or(0),
+        );
+        if version < (6, 4) {
+            return Some(format!(
+                "--forward sockmap needs Linux 6.4 or later, this is {}",
+                release.trim()
+            ));
+        }
+        let uid = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("Uid:"))
+                    .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+            })
+            .unwrap_or_default();
+        (uid != "0").then(|| {
+            "--forward sockmap needs root (BPF program load and SOCKHASH attach)".to_owned()
+        })
     }
 }
 
