@@ -42,7 +42,9 @@ mod store;
 mod world;
 
 pub use acl::{Access, AclConfig, Resource, Rule, TokenSpec, ANONYMOUS_ACCESSOR};
-pub use admin::{Admin, AdminError, AdminOp};
+pub use admin::{
+    Admin, AdminError, AdminOp, ExportsReport, ImportedService, PeerLink, PeeringOp,
+};
 pub use config::{Config, Edition};
 pub use fault::{ActiveFault, FaultKind, FaultSpec, Times};
 pub use model::{
@@ -50,4 +52,5 @@ pub use model::{
     DEFAULT,
 };
 pub use server::{Server, StartError};
+pub use store::{ExportedForPeer, PeeringSpec};
 pub use world::{Counters, LeaderState, RequestRecord};

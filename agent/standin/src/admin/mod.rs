@@ -6,6 +6,7 @@
 //! to API requests (and has woken blocked queries).
 
 mod ops;
+mod peering;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 pub use ops::AdminOp;
+pub use peering::{ExportsReport, ImportedService, PeerLink, PeeringOp};
 
 use crate::acl::{AclConfig, TokenSpec};
 use crate::client::{ClientError, HttpClient};

@@ -224,6 +224,8 @@ pub enum AdminOp {
         #[serde(default)]
         datacenter: Option<String>,
     },
+    /// Cluster peering: peerings, imported services, exports.
+    Peering(super::peering::PeeringOp),
 }
 
 fn part(p: &Option<String>) -> String {
@@ -245,6 +247,7 @@ impl Shared {
         let mut inner = self.lock();
         let unknown_dc = |d: &str| AdminError::UnknownDatacenter(d.to_owned());
         match op {
+            AdminOp::Peering(op) => self.apply_peering(&mut inner, op),
             AdminOp::AddDatacenter { name } => {
                 self.create_dc(&mut inner, &name);
                 Ok(json!({}))

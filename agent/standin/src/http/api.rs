@@ -124,7 +124,9 @@ pub(crate) async fn dispatch(
         | "/v1/connect/ca/roots"
         | "/v1/agent/self"
         | "/v1/internal/federation-states/mesh-gateways"
+        | "/v1/peerings"
         | "/v1/status/leader" => GET,
+        p if p.starts_with("/v1/peering/") => GET,
         "/v1/namespaces" | "/v1/partitions" if ent => GET,
         "/v1/agent/service/register" | "/v1/config" => PUT,
         p if p.starts_with("/v1/health/service/") || p.starts_with("/v1/health/connect/") => GET,

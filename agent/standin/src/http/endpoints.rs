@@ -64,6 +64,9 @@ pub(crate) async fn query(
     path: &str,
 ) -> Result<Reply, ApiError> {
     let ent = shared.config.is_enterprise();
+    if let Some(r) = super::peering::query(shared, opts, path).await {
+        return r;
+    }
     if let Some(rest) = path.strip_prefix("/v1/health/") {
         let (connect, name) = match rest.split_once('/') {
             Some(("service", n)) => (false, n),

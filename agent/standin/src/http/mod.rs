@@ -12,6 +12,7 @@ mod api;
 mod blocking;
 mod decode;
 mod endpoints;
+mod peering;
 pub(crate) mod query;
 
 use std::convert::Infallible;

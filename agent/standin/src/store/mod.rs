@@ -21,6 +21,7 @@
 
 mod entries;
 mod federation;
+mod peering;
 mod records;
 mod render;
 #[cfg(test)]
@@ -30,6 +31,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::model::{CheckStatus, DEFAULT};
 pub(crate) use entries::{EntryRec, RootsRec};
+pub use peering::{ExportedForPeer, PeeringSpec};
 pub(crate) use records::{CheckRec, NodeRec, ServiceRec};
 pub(crate) use render::{Body, HealthQuery, Rendered};
 
@@ -52,6 +54,10 @@ pub(crate) enum IdxKey {
     Roots,
     Tenancy,
     FederationStates,
+    /// Peerings.
+    Peerings,
+    /// What one peer exports to this datacenter.
+    Imported(String),
 }
 
 /// One datacenter.
@@ -70,6 +76,8 @@ pub(crate) struct Store {
     pub tenancy: BTreeMap<String, BTreeSet<String>>,
     /// Federation states: datacenter -> its mesh gateways, rendered.
     pub fed_states: BTreeMap<String, Vec<serde_json::Value>>,
+    /// Cluster peerings and imported services.
+    pub(crate) peering: peering::PeeringTables,
 }
 
 impl Store {
@@ -91,6 +99,7 @@ impl Store {
             roots,
             tenancy,
             fed_states: BTreeMap::new(),
+            peering: peering::PeeringTables::default(),
         };
         let i = s.bump([IdxKey::Roots, IdxKey::Tenancy]);
         s.roots.index = i;
