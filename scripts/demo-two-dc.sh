@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # meshgate as the mesh gateway of two Consul datacenters, for a person to
-# watch (the scenario of e2e/tests/two_dc.rs, issue 6).
+# watch (the scenario of e2e/tests/two_dc.rs).
 #
 # What it does:
 #   1. builds meshgate, meshgate-agent, consul-standin and mesh-sidecar

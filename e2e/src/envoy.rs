@@ -146,6 +146,35 @@ impl UpstreamSpec {
     }
 }
 
+impl UpstreamSpec {
+    /// The upstream `destination` in datacenter `datacenter` (and admin
+    /// partition `partition`, `None` for CE), with the SNI and SPIFFE ID
+    /// Consul derives from those names and the trust domain.
+    pub fn consul(
+        trust_domain: &str,
+        partition: Option<&str>,
+        datacenter: &str,
+        destination: &str,
+        local_bind: SocketAddr,
+        endpoints: Vec<Endpoint>,
+    ) -> UpstreamSpec {
+        let id = crate::pki::Identity {
+            trust_domain: trust_domain.to_owned(),
+            partition: partition.map(str::to_owned),
+            datacenter: datacenter.to_owned(),
+            service: destination.to_owned(),
+        };
+        UpstreamSpec::new(
+            destination,
+            datacenter,
+            local_bind,
+            &crate::service_sni(destination, partition, datacenter, trust_domain),
+            &id.spiffe_id(),
+            endpoints,
+        )
+    }
+}
+
 /// The inbound side of a sidecar.
 #[derive(Debug, Clone)]
 pub struct PublicListenerSpec {
@@ -759,6 +788,23 @@ mod tests {
         );
         assert_eq!(chain["filters"][1]["typed_config"]["cluster"], "local_app");
         assert_eq!(b["static_resources"]["clusters"][1]["name"], "local_app");
+    }
+
+    #[test]
+    fn consul_names_give_sni_and_spiffe_id() {
+        let u = UpstreamSpec::consul(
+            "td.consul",
+            Some("finance"),
+            "dc1",
+            "billing",
+            "127.0.0.1:8181".parse().unwrap(),
+            vec!["198.18.0.10:8443".parse().unwrap()],
+        );
+        assert_eq!(u.sni, "billing.default.finance.dc1.internal-v1.td.consul");
+        assert_eq!(
+            u.spiffe_ids,
+            vec!["spiffe://td.consul/ap/finance/ns/default/dc/dc1/svc/billing".to_owned()]
+        );
     }
 
     #[test]

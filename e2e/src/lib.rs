@@ -1,5 +1,5 @@
 //! The end-to-end scenario of meshgate as the mesh gateway of Consul
-//! datacenters (issue 6): the parts its integration test
+//! datacenters: the parts its integration test
 //! (`tests/two_dc.rs`, `tests/partitions.rs`) and `scripts/demo-two-dc.sh` share.
 //!
 //! - [`envoy`]: real Envoy sidecars, configured as Consul configures them.

@@ -1,4 +1,4 @@
-//! Issue 6, admin partitions (Consul Enterprise, the guide "Service-to-service
+//! Admin partitions (Consul Enterprise, the guide "Service-to-service
 //! Traffic Across Partitions"): in one datacenter, partitions `default` and
 //! `finance` on separate LANs (the same subnet), each with its own meshgate
 //! gateway, joined by the gateways' segment where the Consul servers also

@@ -1,4 +1,4 @@
-//! Issue 6: two datacenters joined only by meshgate gateways, in Linux
+//! Two datacenters joined only by meshgate gateways, in Linux
 //! network namespaces this test creates and always removes (admin
 //! partitions: `partitions.rs`).
 //!

@@ -308,19 +308,8 @@ fn upstream_arg(i: usize, arg: &str, td: &str) -> anyhow::Result<envoy::Upstream
         .map(|e| e.parse::<envoy::Endpoint>())
         .collect::<anyhow::Result<Vec<_>>>()
         .with_context(|| format!("--upstream[{i}] {arg:?}"))?;
-    let id = Identity {
-        trust_domain: td.to_owned(),
-        partition: None,
-        datacenter: (*dc).to_owned(),
-        service: (*name).to_owned(),
-    };
-    Ok(envoy::UpstreamSpec::new(
-        name,
-        dc,
-        bind,
-        &service_sni(name, None, dc, td),
-        &id.spiffe_id(),
-        endpoints,
+    Ok(envoy::UpstreamSpec::consul(
+        td, None, dc, name, bind, endpoints,
     ))
 }
 
