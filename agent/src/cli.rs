@@ -115,6 +115,31 @@ pub struct Args {
     /// `DeregisterCriticalServiceAfter` of the registration's check (Go duration).
     #[arg(long, value_name = "DURATION", default_value = "6h")]
     pub deregister_after_critical: String,
+    /// With --register: add the meta `consul-wan-federation: "1"`, so that
+    /// the gateway carries Consul servers' traffic between datacenters (WAN
+    /// federation through mesh gateways), as `consul connect envoy
+    /// -expose-servers`.
+    #[arg(long)]
+    pub expose_servers: bool,
+    /// With --register: an address the gateway binds, `NAME=IP[:PORT]`
+    /// (port default 8443); repeatable. Registered as `consul connect envoy
+    /// -bind-address` does (`envoy_gateway_bind_addresses`, and no default
+    /// bind).
+    #[arg(long, value_name = "NAME=IP[:PORT]")]
+    pub bind_address: Vec<String>,
+    /// DNS domain of the Consul servers' names (`<node>.server.<dc>.<domain>`),
+    /// as the agents' `domain` setting; a trailing dot is ignored.
+    #[arg(long, value_name = "DOMAIN", default_value = "consul")]
+    pub domain: String,
+    /// DNS server (`IP[:PORT]`, port default 53) that resolves endpoints
+    /// registered with a host name; default: the system resolver
+    /// (/etc/hosts, /etc/resolv.conf).
+    #[arg(long, value_name = "IP[:PORT]")]
+    pub dns_server: Option<String>,
+    /// How often a host-name endpoint is resolved again, in milliseconds
+    /// (Consul configures Envoy with 10 s).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub dns_refresh_ms: u64,
 
     /// Most requests to Consul in flight at once, and so most connections.
     /// Watches beyond it take turns (see the agent's README).

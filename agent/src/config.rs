@@ -9,6 +9,7 @@
 //! about an unparsable boolean (and then, for `CONSUL_HTTP_SSL_VERIFY`,
 //! silently turns verification off), this module refuses the value.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -122,6 +123,10 @@ pub struct Registration {
     pub wan: (String, u16),
     /// `DeregisterCriticalServiceAfter`.
     pub deregister_after_critical: String,
+    /// `--expose-servers`: the meta `consul-wan-federation: "1"`.
+    pub expose_servers: bool,
+    /// `--bind-address` entries by name: address and port.
+    pub bind_addresses: BTreeMap<String, (String, u16)>,
 }
 
 /// The timing of watches.
@@ -168,6 +173,16 @@ pub struct Settings {
     pub max_connections: usize,
     /// Timing.
     pub timing: Timing,
+    /// The gateway's service name (`--service`), registered or not.
+    pub service: String,
+    /// Its service ID (`--proxy-id`, default the name).
+    pub service_id: String,
+    /// DNS domain of server names, without a trailing dot.
+    pub domain: String,
+    /// Where host names are resolved.
+    pub resolver: crate::resolve::Resolver,
+    /// Host-name refresh interval.
+    pub dns_refresh: Duration,
 }
 
 /// Reads the environment through `env` (so tests need not touch the process
@@ -186,9 +201,45 @@ pub fn resolve(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Sett
     };
     let register = if args.register {
         Some(registration(args)?)
+    } else if args.expose_servers {
+        return Err(invalid(
+            "--expose-servers",
+            "'--expose-servers' requires '--register'",
+        ));
+    } else if !args.bind_address.is_empty() {
+        return Err(invalid(
+            "--bind-address",
+            "'--bind-address' requires '--register'",
+        ));
     } else {
         None
     };
+    let domain = args.domain.trim_end_matches('.').to_owned();
+    if domain.is_empty() || domain.contains("..") || domain.starts_with('.') {
+        return Err(invalid(
+            "--domain",
+            format!("{:?} is not a DNS domain", args.domain),
+        ));
+    }
+    let resolver = match &args.dns_server {
+        None => crate::resolve::Resolver::System,
+        Some(s) => {
+            let (host, port) = split_host_port(s, 53)
+                .map_err(|m| invalid("--dns-server", format!("{s:?}: {m}")))?;
+            let ip: IpAddr = host
+                .parse()
+                .map_err(|_| invalid("--dns-server", format!("{s:?}: not an IP address")))?;
+            crate::resolve::Resolver::Server(SocketAddr::new(ip, port))
+        }
+    };
+    if args.dns_refresh_ms == 0 {
+        return Err(invalid("--dns-refresh-ms", "must be at least 1"));
+    }
+    let service_id = args
+        .proxy_id
+        .clone()
+        .filter(|p| !p.is_empty())
+        .unwrap_or_else(|| args.service.clone());
     if args.max_connections == 0 {
         return Err(invalid("--max-connections", "must be at least 1"));
     }
@@ -228,6 +279,11 @@ pub fn resolve(args: &Args, env: &dyn Fn(&str) -> Option<String>) -> Result<Sett
             datacenters_poll: ms(args.datacenters_poll_ms.max(1)),
             initial_sync_timeout: ms(args.initial_sync_timeout_ms),
         },
+        service: args.service.clone(),
+        service_id,
+        domain,
+        resolver,
+        dns_refresh: ms(args.dns_refresh_ms),
     })
 }
 
@@ -459,12 +515,28 @@ fn registration(args: &Args) -> Result<Registration, ConfigError> {
     if id.is_empty() {
         return Err(invalid("--proxy-id", "must not be empty".to_owned()));
     }
+    let mut bind_addresses = BTreeMap::new();
+    for entry in &args.bind_address {
+        let Some((name, addr)) = entry.split_once('=') else {
+            return Err(invalid(
+                "--bind-address",
+                format!("Missing \"=\" in argument: {entry}"),
+            ));
+        };
+        if name.is_empty() {
+            return Err(invalid("--bind-address", format!("{entry:?}: no name")));
+        }
+        let a = parse_gateway_address("--bind-address", addr)?;
+        bind_addresses.insert(name.to_owned(), a);
+    }
     Ok(Registration {
         service: args.service.clone(),
         id,
         lan,
         wan,
         deregister_after_critical: args.deregister_after_critical.clone(),
+        expose_servers: args.expose_servers,
+        bind_addresses,
     })
 }
 
@@ -634,6 +706,48 @@ mod tests {
         let a = args(&["--register", "--proxy-id", ""]);
         let e = with_env(&a, &[]).unwrap_err().to_string();
         assert!(e.contains("--proxy-id"), "{e}");
+    }
+
+    #[test]
+    fn federation_flags_need_register() {
+        let e = with_env(&args(&["--expose-servers"]), &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--expose-servers: '--expose-servers' requires '--register'"
+        );
+        let e = with_env(&args(&["--bind-address", "a=10.0.0.1"]), &[]).unwrap_err();
+        assert!(e.to_string().starts_with("--bind-address"), "{e}");
+        let a = args(&[
+            "--register",
+            "--expose-servers",
+            "--bind-address",
+            "lan=10.0.0.1",
+            "--bind-address",
+            "wan=198.51.100.1:443",
+        ]);
+        let r = with_env(&a, &[]).unwrap().register.unwrap();
+        assert!(r.expose_servers);
+        assert_eq!(r.bind_addresses["lan"], ("10.0.0.1".into(), 8443));
+        assert_eq!(r.bind_addresses["wan"], ("198.51.100.1".into(), 443));
+        let a = args(&["--register", "--bind-address", "10.0.0.1"]);
+        let e = with_env(&a, &[]).unwrap_err().to_string();
+        assert!(e.contains("Missing \"=\""), "{e}");
+        let a = args(&["--register", "--bind-address", "x=gw.example"]);
+        assert!(with_env(&a, &[]).is_err());
+    }
+
+    #[test]
+    fn domain_and_dns_server() {
+        let s = with_env(&args(&["--domain", "example.org."]), &[]).unwrap();
+        assert_eq!(s.domain, "example.org");
+        assert_eq!(s.resolver, crate::resolve::Resolver::System);
+        let s = with_env(&args(&["--dns-server", "127.0.0.53"]), &[]).unwrap();
+        assert_eq!(
+            s.resolver,
+            crate::resolve::Resolver::Server("127.0.0.53:53".parse().unwrap())
+        );
+        assert!(with_env(&args(&["--dns-server", "dns.example:53"]), &[]).is_err());
+        assert!(with_env(&args(&["--domain", "."]), &[]).is_err());
     }
 
     #[test]

@@ -72,6 +72,9 @@ pub struct NodeService {
     pub namespace: String,
     /// Admin partition (Enterprise only).
     pub partition: String,
+    /// Raft index of the instance's last change; decides between the
+    /// catalog and the federation state (`GetMeshGatewayEndpoints`).
+    pub modify_index: u64,
 }
 
 /// An address with a port, as in service tagged addresses. Consul writes
@@ -112,6 +115,9 @@ impl Default for Weights {
 pub struct ProxyConfig {
     /// The service a sidecar fronts.
     pub destination_service_name: String,
+    /// Opaque `Proxy.Config` (a gateway's own settings: bind addresses,
+    /// timeouts, keepalive); `null` or absent is empty.
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// `Service.Connect`.
@@ -192,6 +198,8 @@ pub struct AgentConfig {
     pub partition: Option<String>,
     /// `1.17.0`, or `1.17.0+ent` on Enterprise.
     pub version: String,
+    /// The agent's node name (where a gateway it registers lives).
+    pub node_name: String,
 }
 
 impl AgentConfig {
@@ -199,6 +207,21 @@ impl AgentConfig {
     pub fn is_enterprise(&self) -> bool {
         self.partition.is_some() || self.version.contains("+ent")
     }
+}
+
+/// `GET /v1/internal/federation-states/mesh-gateways`: each datacenter's
+/// mesh gateways as its federation state (replicated from the primary)
+/// lists them.
+pub type FederationStates = BTreeMap<String, Option<Vec<CheckServiceNode>>>;
+
+/// The largest `Service.ModifyIndex` of a set (0 when empty), as Consul's
+/// `GetMeshGatewayEndpoints` compares them.
+pub fn max_modify_index(nodes: &[CheckServiceNode]) -> u64 {
+    nodes
+        .iter()
+        .map(|n| n.service.modify_index)
+        .max()
+        .unwrap_or(0)
 }
 
 /// An entry of `/v1/namespaces` or `/v1/partitions` (Enterprise).

@@ -26,12 +26,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use std::net::Ipv4Addr;
+
 use crate::blocking::{self, WatchCtx};
 use crate::build::{self, CatalogView, GatewayKey, ServiceKey};
 use crate::consul::CheckServiceNode;
 use crate::http::HttpError;
 use crate::local::Identity;
 use crate::metrics::unix_now;
+use crate::resolve::Resolver;
 use crate::snapshot::{Offered, Writer};
 use crate::watches::{norm_ns, Data, Key};
 
@@ -48,8 +51,30 @@ pub enum RunMode {
 }
 
 enum Msg {
-    Data { key: Key, gen: u64, data: Data },
-    Failed { key: Key, error: HttpError },
+    Data {
+        key: Key,
+        gen: u64,
+        data: Data,
+    },
+    Failed {
+        key: Key,
+        error: HttpError,
+    },
+    Resolved {
+        name: String,
+        result: Result<Vec<Ipv4Addr>, String>,
+    },
+}
+
+/// Host names and the DNS domain.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    /// The DNS domain of server names (`--domain`).
+    pub domain: String,
+    /// Where host names are resolved.
+    pub resolver: Resolver,
+    /// How often each host name is resolved again.
+    pub refresh: Duration,
 }
 
 struct Running {
@@ -90,15 +115,21 @@ pub struct Coordinator {
     datacenters: Vec<String>,
     gw_names: BTreeMap<GatewayKey, BTreeSet<String>>,
     gw_nodes: BTreeMap<(GatewayKey, String), Vec<CheckServiceNode>>,
+    naming: Naming,
+    host_names: watch::Sender<BTreeSet<String>>,
+    failing_names: BTreeSet<String>,
+    logged_settings: Option<(Vec<String>, Vec<String>)>,
+    wan_federation: bool,
 }
 
 impl Coordinator {
     /// A coordinator for gateway `me`; starts no watch yet.
-    pub fn new(ctx: Arc<WatchCtx>, me: Identity, mode: RunMode) -> Coordinator {
+    pub fn new(ctx: Arc<WatchCtx>, me: Identity, mode: RunMode, naming: Naming) -> Coordinator {
         let (tx, rx) = mpsc::unbounded_channel();
         let view = CatalogView {
             datacenter: me.datacenter.clone(),
             partition: me.partition.clone(),
+            domain: naming.domain.clone(),
             ..CatalogView::default()
         };
         Coordinator {
@@ -117,10 +148,16 @@ impl Coordinator {
             datacenters: Vec::new(),
             gw_names: BTreeMap::new(),
             gw_nodes: BTreeMap::new(),
+            naming,
+            host_names: watch::channel(BTreeSet::new()).0,
+            failing_names: BTreeSet::new(),
+            logged_settings: None,
+            wan_federation: false,
         }
     }
 
     fn start_core(&mut self) {
+        self.start(Key::Own);
         self.start(Key::Roots);
         self.start(Key::Resolvers);
         if self.me.enterprise {
@@ -151,13 +188,32 @@ impl Coordinator {
             }
         }
         self.abort_all();
-        Ok(build::build(&self.view).unwrap_or_default())
+        // Host names: one lookup each, then the table with their addresses.
+        let Some(first) = build::build(&self.view) else {
+            return Ok(Snapshot::default());
+        };
+        for name in first.host_names {
+            if let Ok(addrs) = self.naming.resolver.lookup_v4(&name).await {
+                self.view.resolved.insert(name, addrs);
+            } else {
+                tracing::warn!(host = %name, "host name does not resolve; its endpoints are left out");
+            }
+        }
+        Ok(build::build(&self.view)
+            .map(|b| b.snapshot)
+            .unwrap_or_default())
     }
 
     /// Watches until `stop` turns true, writing through `writer`.
     pub async fn serve(mut self, mut writer: Writer, mut stop: watch::Receiver<bool>) {
         let t = self.ctx.timing;
         self.start_core();
+        let resolver = tokio::spawn(resolve_names(
+            self.naming.resolver,
+            self.naming.refresh,
+            self.host_names.subscribe(),
+            self.tx.clone(),
+        ));
         let metrics = self.ctx.metrics.clone();
         metrics
             .snapshot_version
@@ -169,7 +225,7 @@ impl Coordinator {
         let mut failing_write = false;
         let mut deferred_since: Option<Instant> = None;
         loop {
-            let first_sync = !synced && self.pending == 0;
+            let first_sync = !synced && (self.pending == 0 || self.only_remote_pending());
             if first_sync {
                 synced = true;
                 dirty = true;
@@ -252,15 +308,48 @@ impl Coordinator {
                 _ = stop.changed() => break,
             }
         }
+        resolver.abort();
         self.abort_all();
+    }
+
+    /// With the federation states read, the only watches still unanswered
+    /// ask other datacenters (which, federated through gateways, answer
+    /// only once the gateways route): the first table need not wait.
+    fn only_remote_pending(&self) -> bool {
+        let fed_answered = self
+            .watches
+            .get(&Key::FederationStates)
+            .is_some_and(|r| r.answered);
+        fed_answered
+            && self.watches.iter().all(|(k, r)| {
+                r.answered
+                    || match k {
+                        Key::GatewayCatalog(g) | Key::GatewayHealth(g, _) => {
+                            g.datacenter != self.me.datacenter
+                        }
+                        _ => false,
+                    }
+            })
     }
 
     /// Builds and offers the table; marks the agent ready.
     fn flush(&mut self, writer: &mut Writer) -> Result<(), crate::snapshot::WriteError> {
-        let Some(snapshot) = build::build(&self.view) else {
+        let Some(built) = build::build(&self.view) else {
             tracing::debug!("no trust domain yet; nothing to write");
             return Ok(());
         };
+        self.note_settings(&built.settings);
+        let names = built.host_names;
+        self.view.resolved.retain(|n, _| names.contains(n));
+        self.failing_names.retain(|n| names.contains(n));
+        self.host_names.send_if_modified(|held| {
+            if *held == names {
+                return false;
+            }
+            held.clone_from(&names);
+            true
+        });
+        let snapshot = built.snapshot;
         let metrics = &self.ctx.metrics;
         let routes = snapshot.routes.len();
         let offered = tokio::task::block_in_place(|| writer.offer(&snapshot))?;
@@ -372,6 +461,8 @@ impl Coordinator {
                 self.gw_nodes.remove(&(g.clone(), name.clone()));
                 self.refresh_gateways(g);
             }
+            Key::Servers => self.view.servers.clear(),
+            Key::FederationStates => self.view.federation_states.clear(),
             _ => {}
         }
     }
@@ -402,6 +493,10 @@ impl Coordinator {
                     watch: key.name(),
                     error,
                 })
+            }
+            Msg::Resolved { name, result } => {
+                self.resolved(name, result);
+                return None;
             }
         };
         match self.watches.get_mut(&key) {
@@ -516,8 +611,117 @@ impl Coordinator {
                 self.gw_nodes.insert((g.clone(), name.clone()), nodes);
                 self.refresh_gateways(g);
             }
+            (Key::Own, Data::Nodes(nodes)) => {
+                if nodes.len() > 1 {
+                    tracing::warn!(
+                        service_id = %self.me.service_id,
+                        instances = nodes.len(),
+                        "several registrations with the gateway's service ID; using the first (set --proxy-id)"
+                    );
+                }
+                let own = nodes.into_iter().next();
+                if own.is_none() && self.view.own.is_some() {
+                    tracing::info!(service_id = %self.me.service_id, "the gateway's registration is gone; its settings are the defaults");
+                }
+                self.view.own = own;
+                self.sync_federation();
+            }
+            (Key::Servers, Data::Nodes(nodes)) => self.view.servers = nodes,
+            (Key::FederationStates, Data::Federation(map)) => {
+                self.view.federation_states = map
+                    .into_iter()
+                    .map(|(dc, nodes)| {
+                        let nodes = nodes
+                            .into_iter()
+                            .filter(|n| n.service.kind == "mesh-gateway")
+                            .collect();
+                        (dc, nodes)
+                    })
+                    .collect();
+            }
             (key, _) => {
                 tracing::error!(watch = %key.name(), "answer of an unexpected shape; ignored")
+            }
+        }
+    }
+
+    /// WAN federation (the registration's meta, default partition only):
+    /// the servers and the federation states are watched while it is on.
+    fn sync_federation(&mut self) {
+        let on = self.me.in_default_partition()
+            && self.view.own.as_ref().is_some_and(|o| {
+                o.service
+                    .meta
+                    .get(crate::settings::WAN_FEDERATION_META)
+                    .is_some_and(|v| v == "1")
+            });
+        if on != self.wan_federation {
+            tracing::info!(
+                enabled = on,
+                "WAN federation through the gateway (meta consul-wan-federation)"
+            );
+            self.wan_federation = on;
+        }
+        let desired = if on {
+            BTreeSet::from([Key::Servers, Key::FederationStates])
+        } else {
+            BTreeSet::new()
+        };
+        self.sync(
+            |k| matches!(k, Key::Servers | Key::FederationStates),
+            desired,
+        );
+    }
+
+    /// One log line when the registration's unimplemented options or
+    /// unreadable values change (and so once at start).
+    fn note_settings(&mut self, s: &crate::settings::GatewaySettings) {
+        let notes = (s.unimplemented.clone(), s.problems.clone());
+        if self.logged_settings.as_ref() == Some(&notes) {
+            return;
+        }
+        if !notes.0.is_empty() {
+            tracing::warn!(
+                options = ?notes.0,
+                "Proxy.Config options of the gateway's registration that meshgate does not implement; ignored"
+            );
+        }
+        if !notes.1.is_empty() {
+            tracing::warn!(
+                problems = ?notes.1,
+                "Proxy.Config values of the gateway's registration that do not parse; defaults used"
+            );
+        }
+        self.logged_settings = Some(notes);
+    }
+
+    /// A lookup result: new addresses replace the old; a failure keeps the
+    /// last good ones, with one log line until the name resolves again.
+    fn resolved(&mut self, name: String, result: Result<Vec<Ipv4Addr>, String>) {
+        if !self.host_names.borrow().contains(&name) {
+            return;
+        }
+        match result {
+            Ok(addrs) => {
+                if self.failing_names.remove(&name) {
+                    tracing::info!(host = %name, addresses = ?addrs, "host name resolves again");
+                }
+                if self.view.resolved.get(&name) != Some(&addrs) {
+                    tracing::info!(host = %name, addresses = ?addrs, "host name resolved");
+                    self.view.resolved.insert(name, addrs);
+                }
+            }
+            Err(error) => {
+                if self.failing_names.insert(name.clone()) {
+                    match self.view.resolved.get(&name) {
+                        Some(last) => {
+                            tracing::warn!(host = %name, %error, keeping = ?last, "host name does not resolve; keeping its last addresses")
+                        }
+                        None => {
+                            tracing::warn!(host = %name, %error, "host name does not resolve; its endpoints wait for it")
+                        }
+                    }
+                }
             }
         }
     }
@@ -583,6 +787,50 @@ impl Coordinator {
             self.view.gateways.remove(g);
         } else {
             self.view.gateways.insert(g.clone(), nodes);
+        }
+    }
+}
+
+/// Resolves every host name in `names` at once when it appears, then every
+/// `refresh`, sending each result to the coordinator.
+async fn resolve_names(
+    resolver: Resolver,
+    refresh: Duration,
+    mut names: watch::Receiver<BTreeSet<String>>,
+    tx: mpsc::UnboundedSender<Msg>,
+) {
+    let mut due: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        let current = names.borrow_and_update().clone();
+        due.retain(|n, _| current.contains(n));
+        let now = Instant::now();
+        for name in &current {
+            if due.get(name).is_some_and(|&at| at > now) {
+                continue;
+            }
+            let result = resolver.lookup_v4(name).await.map_err(|e| e.to_string());
+            due.insert(name.clone(), Instant::now() + refresh);
+            let msg = Msg::Resolved {
+                name: name.clone(),
+                result,
+            };
+            if tx.send(msg).is_err() {
+                return;
+            }
+        }
+        let next = due.values().min().copied();
+        tokio::select! {
+            changed = names.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
     }
 }

@@ -11,7 +11,7 @@ use crate::consul::AgentSelf;
 use crate::http::{HttpError, Pool, Request};
 
 /// The gateway's place in Consul.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     /// Its datacenter.
     pub datacenter: String,
@@ -19,6 +19,15 @@ pub struct Identity {
     pub partition: String,
     /// Consul Enterprise: namespaces and partitions are watched.
     pub enterprise: bool,
+    /// The Consul agent's node, where the gateway's registration lives
+    /// (`""` when `agent/self` could not be read).
+    pub node: String,
+    /// The gateway's service name (`--service`).
+    pub service: String,
+    /// The gateway's service ID (`--proxy-id`, default the name).
+    pub service_id: String,
+    /// The registration's namespace (`""`: default).
+    pub namespace: String,
 }
 
 impl Identity {
@@ -72,6 +81,8 @@ pub async fn discover(
                     datacenter: dc,
                     enterprise: me.config.is_enterprise() || partition.is_some() || namespace_set,
                     partition: part,
+                    node: me.config.node_name,
+                    ..Identity::default()
                 });
             }
             Err(HttpError::Status { code: 403, .. }) if datacenter.is_some() => {
@@ -80,6 +91,7 @@ pub async fn discover(
                     datacenter: datacenter.unwrap_or_default().to_owned(),
                     partition: partition.unwrap_or_default().to_owned(),
                     enterprise: partition.is_some() || namespace_set,
+                    ..Identity::default()
                 });
             }
             Err(e) => {

@@ -15,12 +15,15 @@ mod config;
 mod connect;
 mod consul;
 mod coordinator;
+mod endpoints;
 mod exit;
 mod http;
 mod local;
 mod metrics;
 mod problems;
 mod register;
+mod resolve;
+mod settings;
 mod snapshot;
 mod tls;
 mod watches;
@@ -35,9 +38,10 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::blocking::{WatchCtx, ONCE_ATTEMPTS};
 use crate::config::{Args, Settings};
-use crate::coordinator::{Coordinator, RunMode};
+use crate::coordinator::{Coordinator, Naming, RunMode};
 use crate::exit::{CANT_CREATE as EXIT_CANT_CREATE, CONFIG as EXIT_CONFIG};
 use crate::exit::{INTERNAL as EXIT_INTERNAL, UNAVAILABLE as EXIT_UNAVAILABLE};
+use crate::local::Identity;
 use crate::metrics::Metrics;
 use crate::problems::{OnFailure, Problems};
 
@@ -164,7 +168,7 @@ async fn run(settings: Settings) -> u8 {
     let partition = settings.consul.partition.as_deref();
     let me = tokio::select! {
         r = local::discover(&ctx, settings.datacenter.as_deref(), partition, ns.is_some(), None) => match r {
-            Ok(me) => me,
+            Ok(me) => gateway_identity(me, &settings),
             Err(e) => {
                 eprintln!("meshgate-agent: {e}");
                 return EXIT_CONFIG;
@@ -189,7 +193,7 @@ async fn run(settings: Settings) -> u8 {
     }
     let writer = snapshot::Writer::open(&settings.routes);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let coordinator = Coordinator::new(ctx.clone(), me, RunMode::Serve);
+    let coordinator = Coordinator::new(ctx.clone(), me, RunMode::Serve, naming(&settings));
     let serving = tokio::spawn(coordinator.serve(writer, stop_rx));
     let which = tokio::select! {
         _ = term.recv() => "SIGTERM",
@@ -225,7 +229,7 @@ async fn once(ctx: &Arc<WatchCtx>, settings: &Settings) -> u8 {
     )
     .await
     {
-        Ok(me) => me,
+        Ok(me) => gateway_identity(me, settings),
         Err(e) => {
             eprintln!(
                 "meshgate-agent: {}",
@@ -234,7 +238,7 @@ async fn once(ctx: &Arc<WatchCtx>, settings: &Settings) -> u8 {
             return EXIT_UNAVAILABLE;
         }
     };
-    match Coordinator::new(ctx.clone(), me, RunMode::Once)
+    match Coordinator::new(ctx.clone(), me, RunMode::Once, naming(settings))
         .once()
         .await
     {
@@ -250,6 +254,24 @@ async fn once(ctx: &Arc<WatchCtx>, settings: &Settings) -> u8 {
             eprintln!("meshgate-agent: {}", once_failed(settings, &watch, &error));
             EXIT_UNAVAILABLE
         }
+    }
+}
+
+/// The gateway's service, ID and namespace, on top of what the agent said.
+fn gateway_identity(me: Identity, settings: &Settings) -> Identity {
+    Identity {
+        service: settings.service.clone(),
+        service_id: settings.service_id.clone(),
+        namespace: settings.consul.namespace.clone().unwrap_or_default(),
+        ..me
+    }
+}
+
+fn naming(settings: &Settings) -> Naming {
+    Naming {
+        domain: settings.domain.clone(),
+        resolver: settings.resolver,
+        refresh: settings.dns_refresh,
     }
 }
 

@@ -46,7 +46,17 @@ pub fn body(r: &Registration, bindable: &dyn Fn(&str) -> bool) -> Result<Value, 
     if !wan_addr.is_empty() {
         tagged.insert("wan".into(), json!({"Address": wan_addr, "Port": wan_port}));
     }
-    let proxy = if bindable(lan_addr) && bindable(wan_addr) {
+    let proxy = if !r.bind_addresses.is_empty() {
+        let addrs: Map<String, Value> = r
+            .bind_addresses
+            .iter()
+            .map(|(name, (a, p))| (name.clone(), json!({"Address": a, "Port": p})))
+            .collect();
+        Some(json!({"Config": {
+            "envoy_gateway_no_default_bind": true,
+            "envoy_gateway_bind_addresses": addrs,
+        }}))
+    } else if bindable(lan_addr) && bindable(wan_addr) {
         Some(json!({"Config": {
             "envoy_gateway_no_default_bind": true,
             "envoy_gateway_bind_tagged_addresses": true,
@@ -89,6 +99,12 @@ pub fn body(r: &Registration, bindable: &dyn Fn(&str) -> bool) -> Result<Value, 
             "DeregisterCriticalServiceAfter": r.deregister_after_critical,
         }),
     );
+    if r.expose_servers {
+        svc.insert(
+            "Meta".into(),
+            json!({crate::settings::WAN_FEDERATION_META: "1"}),
+        );
+    }
     if let Some(p) = proxy {
         svc.insert("Proxy".into(), p);
     }
@@ -183,7 +199,33 @@ mod tests {
             lan: (lan.into(), 8443),
             wan: (wan.into(), 443),
             deregister_after_critical: "6h".into(),
+            expose_servers: false,
+            bind_addresses: std::collections::BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn expose_servers_and_bind_addresses_as_consul_connect_envoy() {
+        let mut r = reg("10.0.0.5", "198.51.100.5");
+        r.expose_servers = true;
+        r.bind_addresses
+            .insert("lan".into(), ("10.0.0.5".into(), 8443));
+        r.bind_addresses
+            .insert("public".into(), ("198.51.100.5".into(), 443));
+        let b = body(&r, &|_| true).unwrap();
+        assert_eq!(b["Meta"], json!({"consul-wan-federation": "1"}));
+        assert_eq!(
+            b["Proxy"],
+            json!({"Config": {
+                "envoy_gateway_no_default_bind": true,
+                "envoy_gateway_bind_addresses": {
+                    "lan": {"Address": "10.0.0.5", "Port": 8443},
+                    "public": {"Address": "198.51.100.5", "Port": 443},
+                }
+            }})
+        );
+        let b = body(&reg("10.0.0.5", ""), &|_| true).unwrap();
+        assert!(b.get("Meta").is_none());
     }
 
     #[test]

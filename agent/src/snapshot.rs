@@ -13,7 +13,7 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use routing_table::{drops_most, Format, RouteSpec, Snapshot};
+use routing_table::{drops_most, Format, ListenerSpec, RouteSpec, Snapshot};
 
 /// Why the routes file could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +47,7 @@ pub struct Writer {
     tmp: PathBuf,
     version: u64,
     routes: Option<Vec<RouteSpec>>,
+    listeners: Vec<ListenerSpec>,
 }
 
 /// What [`Writer::offer`] did.
@@ -66,11 +67,11 @@ impl Writer {
         let mut name = path.file_name().unwrap_or_default().to_os_string();
         name.push(".tmp");
         let tmp = path.with_file_name(name);
-        let (version, routes) = match fs::read_to_string(path) {
+        let (version, routes, listeners) = match fs::read_to_string(path) {
             Ok(text) => {
                 let format = Format::from_path(path).unwrap_or(Format::Json);
                 match Snapshot::parse(&text, format) {
-                    Ok(s) => (s.version.unwrap_or(0), Some(s.routes)),
+                    Ok(s) => (s.version.unwrap_or(0), Some(s.routes), s.listeners),
                     Err(e) => {
                         let version = salvage_version(&text);
                         tracing::warn!(
@@ -79,14 +80,14 @@ impl Writer {
                             version,
                             "the routes file there does not parse; it will be replaced"
                         );
-                        (version, None)
+                        (version, None, Vec::new())
                     }
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (0, None, Vec::new()),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot read the routes file there");
-                (0, None)
+                (0, None, Vec::new())
             }
         };
         Writer {
@@ -94,6 +95,7 @@ impl Writer {
             tmp,
             version,
             routes,
+            listeners,
         }
     }
 
@@ -103,13 +105,13 @@ impl Writer {
     }
 
     /// Writes `snapshot` (its version is replaced by the next one) unless
-    /// its routes equal the last written.
+    /// its routes and listeners equal the last written.
     ///
     /// # Errors
     /// A file system failure; the writer's state is unchanged, so the same
     /// offer can be retried.
     pub fn offer(&mut self, snapshot: &Snapshot) -> Result<Offered, WriteError> {
-        if self.routes.as_ref() == Some(&snapshot.routes) {
+        if self.routes.as_ref() == Some(&snapshot.routes) && self.listeners == snapshot.listeners {
             return Ok(Offered::Unchanged);
         }
         let version = self.version + 1;
@@ -126,12 +128,14 @@ impl Writer {
                 None => true,
             },
             routes: snapshot.routes.clone(),
+            listeners: snapshot.listeners.clone(),
         };
         let mut text = out.to_json();
         text.push('\n');
         write_atomic(&self.path, &self.tmp, text.as_bytes())?;
         self.version = version;
         self.routes = Some(out.routes);
+        self.listeners = out.listeners;
         Ok(Offered::Written(version))
     }
 }
@@ -205,7 +209,9 @@ mod tests {
                 endpoints: vec![EndpointSpec::Addr(addr.into())],
                 connect_timeout_ms: None,
                 lb_policy: None,
+                keepalive: None,
             }],
+            listeners: Vec::new(),
         }
     }
 
@@ -248,6 +254,7 @@ mod tests {
                     endpoints: vec![EndpointSpec::Addr(format!("127.0.0.1:{}", 1000 + i))],
                     connect_timeout_ms: None,
                     lb_policy: None,
+                    keepalive: None,
                 })
                 .collect(),
             ..Snapshot::default()

@@ -13,6 +13,9 @@
 //! | gateway catalog (per remote dc/partition) | `/v1/catalog/services?dc=X&filter=ServiceKind == "mesh-gateway"` |
 //! | gateway health (per name there) | `/v1/health/service/<name>?dc=X` |
 //! | namespaces, partitions (Enterprise) | `/v1/namespaces`, `/v1/partitions` |
+//! | own registration | `/v1/health/service/<--service>?filter=Service.ID == "<id>" and Node.Node == "<node>"` |
+//! | servers (WAN federation) | `/v1/health/service/consul` |
+//! | federation states (WAN federation) | `/v1/internal/federation-states/mesh-gateways` |
 //!
 //! The catalog filter leaves sidecar names out: `/v1/health/connect/` of a
 //! sidecar's own name is always empty (sidecars are found through their
@@ -64,6 +67,13 @@ pub enum Key {
     GatewayCatalog(GatewayKey),
     /// Instances of one such name.
     GatewayHealth(GatewayKey, String),
+    /// The gateway's own registration (meta, `Proxy.Config`, addresses).
+    Own,
+    /// The local servers: instances of the `consul` service (WAN federation).
+    Servers,
+    /// Every datacenter's mesh gateways as the federation states list them
+    /// (WAN federation).
+    FederationStates,
 }
 
 /// A decoded answer.
@@ -79,6 +89,8 @@ pub enum Data {
     Datacenters(Vec<String>),
     /// Health entries.
     Nodes(Vec<CheckServiceNode>),
+    /// Mesh gateways per datacenter.
+    Federation(BTreeMap<String, Vec<CheckServiceNode>>),
 }
 
 /// `""` and `"default"` are the same namespace; keys use `""`.
@@ -112,6 +124,9 @@ impl Key {
             Key::Subset { .. } => "subset",
             Key::GatewayCatalog(_) => "gateway_catalog",
             Key::GatewayHealth(..) => "gateway_health",
+            Key::Own => "own",
+            Key::Servers => "servers",
+            Key::FederationStates => "federation_states",
         }
     }
 
@@ -201,6 +216,25 @@ impl Key {
                 gateway_scope(&mut query, me, g);
                 (format!("/v1/health/service/{}", encode(name)), Pool::Core)
             }
+            Key::Own => {
+                query.push(("filter", own_filter(me)));
+                tenancy(&mut query, Some(&wire_ns(&me.namespace)));
+                (
+                    format!("/v1/health/service/{}", encode(&me.service)),
+                    Pool::Core,
+                )
+            }
+            Key::Servers => {
+                if ent {
+                    query.push(("ns", "default".to_owned()));
+                    query.push(("partition", "default".to_owned()));
+                }
+                ("/v1/health/service/consul".to_owned(), Pool::Core)
+            }
+            Key::FederationStates => (
+                "/v1/internal/federation-states/mesh-gateways".to_owned(),
+                Pool::Core,
+            ),
         };
         let mode = if once {
             Mode::Once
@@ -248,13 +282,37 @@ impl Key {
                 let list: Option<Vec<String>> = serde_json::from_slice(body).map_err(err)?;
                 Data::Datacenters(list.unwrap_or_default())
             }
-            Key::Health(_) | Key::Subset { .. } | Key::GatewayHealth(..) => {
+            Key::FederationStates => {
+                let map: Option<crate::consul::FederationStates> =
+                    serde_json::from_slice(body).map_err(err)?;
+                Data::Federation(
+                    map.unwrap_or_default()
+                        .into_iter()
+                        .map(|(dc, nodes)| (dc, nodes.unwrap_or_default()))
+                        .collect(),
+                )
+            }
+            Key::Health(_)
+            | Key::Subset { .. }
+            | Key::GatewayHealth(..)
+            | Key::Own
+            | Key::Servers => {
                 let list: Option<Vec<CheckServiceNode>> =
                     serde_json::from_slice(body).map_err(err)?;
                 Data::Nodes(list.unwrap_or_default())
             }
         })
     }
+}
+
+/// The gateway's own instance: its service ID, on its agent's node when known.
+fn own_filter(me: &Identity) -> String {
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let mut f = format!("Service.ID == \"{}\"", quote(&me.service_id));
+    if !me.node.is_empty() {
+        f.push_str(&format!(" and Node.Node == \"{}\"", quote(&me.node)));
+    }
+    f
 }
 
 /// `dc` for another datacenter, `partition` for another partition.
@@ -299,6 +357,7 @@ mod tests {
             datacenter: "dc1".into(),
             partition: String::new(),
             enterprise: false,
+            ..Identity::default()
         };
         let key = Key::Health(ServiceKey {
             namespace: String::new(),
@@ -329,6 +388,7 @@ mod tests {
             datacenter: "dc1".into(),
             partition: "finance".into(),
             enterprise: true,
+            ..Identity::default()
         };
         let s = Key::Catalog("team".into()).spec(&me, &timing(), true);
         assert_eq!(

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{endpoints, run_bounded, sni, start_agent, Scratch, World, TD};
+use common::{endpoints, marked, run_bounded, sni, start_agent, Scratch, World, TD};
 use consul_standin::{AclConfig, CheckStatus, Config, InstanceSpec, TokenSpec};
 use serde_json::json;
 
@@ -29,7 +29,7 @@ fn register(w: &World, svc: &str, id: &str, addr: SocketAddr, meta: &[(&str, &st
 }
 
 #[test]
-fn registered_instances_are_routable_until_deregistered_or_critical() {
+fn registered_instances_are_routable_until_deregistered_critical_ones_marked() {
     run_bounded("lifecycle", LIMIT, || {
         let w = World::start("lifecycle");
         let name = sni("web", "dc1");
@@ -41,20 +41,24 @@ fn registered_instances_are_routable_until_deregistered_or_critical() {
         assert_eq!(conn.backend, "web-1");
         assert_eq!(conn.echo("ping").unwrap(), "ping");
 
+        // Critical: still written, marked unhealthy, as Consul gives it to
+        // Envoy; alone on its route it is below the panic threshold, so it
+        // still takes traffic (as with Envoy's default 50 %).
         w.admin.set_health("web-1", CheckStatus::Critical).unwrap();
-        w.await_table("web gone (critical)", |s| endpoints(s, &name).is_none());
-        assert!(
-            w.dial(&name).is_err(),
-            "a critical instance gets no traffic"
-        );
+        w.await_table("web marked unhealthy", |s| {
+            marked(s, &name) == Some(vec![(b.addr().to_string(), 1, false)])
+        });
         assert_eq!(
             conn.echo("still here").unwrap(),
             "still here",
             "open connections stay"
         );
+        assert_eq!(w.dial(&name).unwrap().backend, "web-1", "panic routing");
 
         w.admin.set_health("web-1", CheckStatus::Passing).unwrap();
-        w.await_table("web back", |s| endpoints(s, &name).is_some());
+        w.await_table("web healthy again", |s| {
+            marked(s, &name) == Some(vec![(b.addr().to_string(), 1, true)])
+        });
         assert_eq!(w.dial(&name).unwrap().backend, "web-1");
 
         w.admin.deregister("web-1").unwrap();
@@ -64,7 +68,7 @@ fn registered_instances_are_routable_until_deregistered_or_critical() {
 }
 
 #[test]
-fn warning_keeps_an_instance_unless_only_passing() {
+fn warning_keeps_an_instance_healthy_unless_only_passing() {
     run_bounded("warning", LIMIT, || {
         let w = World::start("warning");
         let name = sni("web", "dc1");
@@ -97,13 +101,14 @@ fn warning_keeps_an_instance_unless_only_passing() {
             }))
             .unwrap();
         let v1 = format!("v1.{name}");
-        w.await_table("OnlyPassing drops the warning instance", |s| {
-            endpoints(s, &name).is_none() && endpoints(s, &v1).is_none()
+        let unhealthy = Some(vec![(addr.clone(), 1, false)]);
+        w.await_table("OnlyPassing marks the warning instance unhealthy", |s| {
+            marked(s, &name) == unhealthy && marked(s, &v1) == unhealthy
         });
-        assert!(w.dial(&name).is_err());
         w.admin.set_health("web-1", CheckStatus::Passing).unwrap();
+        let healthy = Some(vec![(addr.clone(), 2, true)]);
         w.await_table("passing again", |s| {
-            endpoints(s, &name).is_some() && endpoints(s, &v1).is_some()
+            marked(s, &name) == healthy && marked(s, &v1) == healthy
         });
     });
 }

@@ -13,6 +13,7 @@
 
 pub use meshgate_testkit::bounded;
 pub use meshgate_testkit::process;
+pub mod dns;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -270,6 +271,19 @@ pub fn endpoints(s: &Snapshot, sni: &str) -> Option<Vec<(String, u32)>> {
     })
 }
 
+/// Endpoints (address, weight, healthy) of route `sni`, sorted, if present.
+pub fn marked(s: &Snapshot, sni: &str) -> Option<Vec<(String, u32, bool)>> {
+    s.routes.iter().find(|r| r.sni == sni).map(|r| {
+        let mut endpoints: Vec<(String, u32, bool)> = r
+            .endpoints
+            .iter()
+            .map(|e| (e.address().to_owned(), e.weight(), e.healthy()))
+            .collect();
+        endpoints.sort();
+        endpoints
+    })
+}
+
 /// Stand-in, data plane and agent together.
 pub struct World {
     pub scratch: Scratch,
@@ -289,6 +303,17 @@ impl World {
 
     /// With a stand-in config and extra agent flags and variables.
     pub fn start_with(name: &str, config: Config, flags: &[&str], env: &[(&str, &str)]) -> World {
+        Self::start_with_setup(name, config, flags, env, |_| {})
+    }
+
+    /// The same, with `setup` run on the stand-in before the agent starts.
+    pub fn start_with_setup(
+        name: &str,
+        config: Config,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&Admin),
+    ) -> World {
         let scratch = Scratch::new(name);
         let routes = scratch.0.join("routes.json");
         std::fs::write(
@@ -298,6 +323,7 @@ impl World {
         .expect("seed routes");
         let consul = Server::start(config).expect("start the stand-in");
         let admin = consul.admin();
+        setup(&admin);
         let gateway = Gateway::start(&routes);
         let agent = start_agent(&consul.url(), &routes, flags, env);
         agent.expect_line("first table", |l| l.contains("first table in place"));
