@@ -90,6 +90,8 @@ pub struct CatalogView {
     pub domain: String,
     /// The last good IPv4 addresses of each host name.
     pub resolved: BTreeMap<String, Vec<Ipv4Addr>>,
+    /// Peerings, exports, imports and the mesh entry.
+    pub peering: crate::peering::PeeringView,
 }
 
 /// A snapshot and what it needs from outside.
@@ -232,6 +234,7 @@ pub fn build(view: &CatalogView) -> Option<Built> {
     if federation {
         routes.extend(server_routes(view, domain, default_timeout));
     }
+    routes.extend(crate::peering::routes(view, &mut ctx, default_timeout));
     routes.sort_by(|a, b| a.sni.cmp(&b.sni));
     let listeners = settings.known.then(|| settings.listeners.clone());
     let snapshot = drop_invalid(into_snapshot(routes, listeners));

@@ -160,6 +160,28 @@ pub struct ServiceResolver {
     pub connect_timeout: String,
     /// Load-balancing policy.
     pub load_balancer: Option<LoadBalancer>,
+    /// Where the service's traffic goes instead (exported chains follow it).
+    pub redirect: Option<ResolverRedirect>,
+}
+
+/// `Redirect` of a resolver.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ResolverRedirect {
+    /// Another service (`""`: the same).
+    pub service: String,
+    /// A subset of the target.
+    pub service_subset: String,
+    /// Another namespace.
+    pub namespace: String,
+    /// Another partition.
+    pub partition: String,
+    /// Another datacenter.
+    pub datacenter: String,
+    /// A peer.
+    pub peer: String,
+    /// A sameness group.
+    pub sameness_group: String,
 }
 
 /// One subset of a resolver.

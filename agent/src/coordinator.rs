@@ -169,6 +169,7 @@ impl Coordinator {
         if self.me.in_default_partition() {
             self.start(Key::Datacenters);
         }
+        self.sync_peering();
     }
 
     /// `--once`: one answer from every watch, then the snapshot (without a
@@ -339,6 +340,8 @@ impl Coordinator {
             return Ok(());
         };
         self.note_settings(&built.settings);
+        let refused = crate::peering::unservable(&self.view);
+        crate::peering::report(&mut self.view.peering.reported, &refused, &self.ctx.metrics);
         let names = built.host_names;
         self.view.resolved.retain(|n, _| names.contains(n));
         self.failing_names.retain(|n| names.contains(n));
@@ -463,6 +466,7 @@ impl Coordinator {
             }
             Key::Servers => self.view.servers.clear(),
             Key::FederationStates => self.view.federation_states.clear(),
+            Key::Peering(w) => self.view.peering.forget(w),
             _ => {}
         }
     }
@@ -639,6 +643,10 @@ impl Coordinator {
                     })
                     .collect();
             }
+            (Key::Peering(w), Data::Peering(answer)) => {
+                self.view.peering.apply(w, answer);
+                self.sync_peering();
+            }
             (key, _) => {
                 tracing::error!(watch = %key.name(), "answer of an unexpected shape; ignored")
             }
@@ -662,15 +670,30 @@ impl Coordinator {
             );
             self.wan_federation = on;
         }
-        let desired = if on {
-            BTreeSet::from([Key::Servers, Key::FederationStates])
-        } else {
-            BTreeSet::new()
-        };
+        let mut desired = BTreeSet::new();
+        if on {
+            desired.insert(Key::FederationStates);
+        }
+        if on || self.view.peering.through_gateways(&self.me.partition) {
+            desired.insert(Key::Servers);
+        }
         self.sync(
             |k| matches!(k, Key::Servers | Key::FederationStates),
             desired,
         );
+    }
+
+    /// The peering watches follow the peerings and their imports.
+    fn sync_peering(&mut self) {
+        let desired = self
+            .view
+            .peering
+            .desired()
+            .into_iter()
+            .map(Key::Peering)
+            .collect();
+        self.sync(|k| matches!(k, Key::Peering(_)), desired);
+        self.sync_federation();
     }
 
     /// One log line when the registration's unimplemented options or

@@ -20,6 +20,7 @@ mod exit;
 mod http;
 mod local;
 mod metrics;
+mod peering;
 mod problems;
 mod register;
 mod resolve;

@@ -51,6 +51,8 @@ pub struct Metrics {
     pub snapshot_write_errors: AtomicU64,
     /// Routes in the last snapshot.
     pub routes: AtomicU64,
+    /// Services exported to peers with a protocol meshgate cannot carry.
+    pub peering_unservable_exports: AtomicU64,
     /// Unix time of the last snapshot written.
     pub snapshot_written_unix: AtomicU64,
     /// The first table has been written (or found up to date).
@@ -146,7 +148,7 @@ impl Metrics {
                 self.errors(kind)
             );
         }
-        let counters: [(&str, &str, &str, u64); 8] = [
+        let counters: [(&str, &str, &str, u64); 9] = [
             (
                 "requests_total",
                 "counter",
@@ -194,6 +196,12 @@ impl Metrics {
                 "gauge",
                 "Routes in the last snapshot.",
                 load(&self.routes),
+            ),
+            (
+                "peering_unservable_exports",
+                "gauge",
+                "Services exported to peers whose protocol (http, http2, grpc) needs TLS terminated at the gateway: no route.",
+                load(&self.peering_unservable_exports),
             ),
         ];
         for (name, ty, help, value) in counters {

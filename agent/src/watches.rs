@@ -16,6 +16,8 @@
 //! | own registration | `/v1/health/service/<--service>?filter=Service.ID == "<id>" and Node.Node == "<node>"` |
 //! | servers (WAN federation) | `/v1/health/service/consul` |
 //! | federation states (WAN federation) | `/v1/internal/federation-states/mesh-gateways` |
+//! | peerings, `exported-services`, `mesh`, `service-defaults`, `proxy-defaults` | `/v1/peerings`, `/v1/config/<kind>` ([`crate::peering`]) |
+//! | imported services (per established peering, per service) | `/v1/catalog/services?peer=P`, `/v1/health/connect/<svc>?peer=P` |
 //!
 //! The catalog filter leaves sidecar names out: `/v1/health/connect/` of a
 //! sidecar's own name is always empty (sidecars are found through their
@@ -74,6 +76,8 @@ pub enum Key {
     /// Every datacenter's mesh gateways as the federation states list them
     /// (WAN federation).
     FederationStates,
+    /// Peerings, exports, imports (see [`crate::peering`]).
+    Peering(crate::peering::Watch),
 }
 
 /// A decoded answer.
@@ -91,6 +95,8 @@ pub enum Data {
     Nodes(Vec<CheckServiceNode>),
     /// Mesh gateways per datacenter.
     Federation(BTreeMap<String, Vec<CheckServiceNode>>),
+    /// A peering watch's answer.
+    Peering(crate::peering::Answer),
 }
 
 /// `""` and `"default"` are the same namespace; keys use `""`.
@@ -127,6 +133,7 @@ impl Key {
             Key::Own => "own",
             Key::Servers => "servers",
             Key::FederationStates => "federation_states",
+            Key::Peering(w) => w.kind(),
         }
     }
 
@@ -148,6 +155,7 @@ impl Key {
             } => format!("subset:{}:{subset}", svc(service)),
             Key::GatewayCatalog(g) => format!("gateway-catalog:{}", gw(g)),
             Key::GatewayHealth(g, n) => format!("gateway-health:{}:{n}", gw(g)),
+            Key::Peering(w) => w.name(),
             other => other.kind().to_owned(),
         }
     }
@@ -235,6 +243,11 @@ impl Key {
                 "/v1/internal/federation-states/mesh-gateways".to_owned(),
                 Pool::Core,
             ),
+            Key::Peering(w) => {
+                let (path, q, pool) = w.request(me);
+                query = q;
+                (path, pool)
+            }
         };
         let mode = if once {
             Mode::Once
@@ -258,6 +271,7 @@ impl Key {
         let what = self.name();
         let err = |e: serde_json::Error| format!("{what}: {e}");
         Ok(match self {
+            Key::Peering(w) => Data::Peering(w.decode(body)?),
             Key::Roots => Data::Roots(serde_json::from_slice(body).map_err(err)?),
             Key::Namespaces | Key::Partitions => {
                 let list: Option<Vec<Named>> = serde_json::from_slice(body).map_err(err)?;
