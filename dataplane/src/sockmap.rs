@@ -164,20 +164,20 @@ impl ShardMap {
     /// The cookie cannot be read, or the map update fails (full map, the
     /// socket is not an established TCP socket).
     ///
-    /// The client goes in first: it is the socket most likely refused (the
-    /// kernel takes only established sockets, and a client may have sent its
-    /// FIN right behind its hello), and while it is alone in the map nothing
-    /// can be lost (its bytes would wait for a peer that is not there yet,
-    /// but the client is waiting for the upstream's answer). If the upstream
-    /// is refused, the client is taken out again. Either way an error leaves
-    /// neither socket in the map.
+    /// The upstream goes in first, under the client's cookie: from then on
+    /// every new skb the client sends finds its peer, and the upstream
+    /// (which has not seen the ClientHello yet) has nothing to send whose
+    /// peer would be missing. Then the client, under the upstream's cookie.
+    /// The kernel takes only established sockets, so the client is refused
+    /// when it sent its FIN right behind its hello; the upstream is then
+    /// taken out again. Either way an error leaves neither socket in the map.
     pub fn pair(&mut self, client: BorrowedFd<'_>, upstream: BorrowedFd<'_>) -> io::Result<()> {
         let (c, u) = (cookie(client)?, cookie(upstream)?);
         self.map
-            .insert(u, client.as_raw_fd(), 0)
+            .insert(c, upstream.as_raw_fd(), 0)
             .map_err(syscall_error)?;
-        if let Err(e) = self.map.insert(c, upstream.as_raw_fd(), 0) {
-            let _ = self.map.remove(&u);
+        if let Err(e) = self.map.insert(u, client.as_raw_fd(), 0) {
+            let _ = self.map.remove(&c);
             return Err(syscall_error(e));
         }
         Ok(())
