@@ -10,6 +10,8 @@
 //! `MeshGateway`, `meshGateway`). The precedence itself is
 //! [`routing_table::ModeSettings::resolve`].
 
+mod peering;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -142,6 +144,20 @@ pub fn explain(dir: &Path, q: &Query<'_>) -> Result<String, PathError> {
         shown(settings.service_defaults),
         shown(settings.proxy_defaults)
     );
+    if let Some(peer) = str_at(upstream, "destination_peer").filter(|p| !p.is_empty()) {
+        peering::explain(
+            &mut out,
+            &docs,
+            q,
+            mode,
+            &peering::Peered {
+                peer,
+                namespace,
+                partition,
+            },
+        );
+        return Ok(out);
+    }
     let sni_dc = target_dc.or(q.datacenter).unwrap_or("<datacenter>");
     let td = q.trust_domain.unwrap_or("<trust-domain>");
     let missing: Vec<&str> = [
