@@ -92,6 +92,53 @@ fn bind_addresses_become_the_data_planes_listeners() {
             };
             assert_eq!(conn.backend, "web-1", "through {addr}");
         }
+
+        // The registration changes: `inside` goes, `third` comes; a
+        // connection open through `outside` stays up.
+        let mut open = dial(b.parse().unwrap(), &name, &w.pki).expect("through outside");
+        let pc = free_port("127.0.0.3");
+        let c = format!("127.0.0.3:{pc}");
+        w.admin
+            .register(
+                InstanceSpec::mesh_gateway("mesh-gateway", "127.0.2.1:18443", "127.0.2.1:18443")
+                    .with_id("mesh-gateway")
+                    .on_node("standin", "127.0.0.1")
+                    .with_proxy_config(json!({
+                        "envoy_gateway_no_default_bind": true,
+                        "envoy_gateway_bind_addresses": {
+                            "outside": {"Address": "127.0.0.2", "Port": pb},
+                            "third": {"Address": "127.0.0.3", "Port": pc},
+                        },
+                    })),
+            )
+            .unwrap();
+        let s = w.await_table("the new listeners", |s| {
+            s.listeners
+                .iter()
+                .map(|l| l.name.as_str())
+                .collect::<Vec<_>>()
+                == ["outside", "third"]
+        });
+        assert_eq!(s.listeners[1].address, c);
+        let deadline = Instant::now() + common::EVENT;
+        while dial(c.parse().unwrap(), &name, &w.pki).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "never listening on {c}\n{}",
+                w.gateway.child.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let deadline = Instant::now() + common::EVENT;
+        while dial(a.parse().unwrap(), &name, &w.pki).is_ok() {
+            assert!(Instant::now() < deadline, "still listening on {a}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            open.echo("still open").unwrap(),
+            "still open",
+            "an established connection survives the listener change"
+        );
     });
 }
 
