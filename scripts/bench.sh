@@ -167,10 +167,15 @@ floor="$root/target/$profile/floor-forwarder"
 # ---------------------------------------------------------------- targets
 # meshgate: one target per value `serve --help` lists for --forward.
 targets=(no-proxy floor)
-forwards="$("$meshgate" serve --help 2>&1 | awk '
+# An engine its help calls experimental runs only when --only names it.
+forwards="$("$meshgate" serve --help 2>&1 | awk -v only=",$only," '
   /^ *--forward / { f = 1; next }
   f && /^ *--/ { exit }
-  f && /^ *- [a-z-]+:/ { sub(/^ *- /, ""); sub(/:.*/, ""); print }')"
+  f && /^ *- [a-z-]+:/ {
+    name = $0; sub(/^ *- /, "", name); sub(/:.*/, "", name)
+    if ($0 ~ /Experimental/ && index(only, ",meshgate-" name ",") == 0) next
+    print name
+  }')"
 [ -n "$forwards" ] || forwards="splice copy"
 for f in splice $forwards; do
   [[ " ${targets[*]} " == *" meshgate-$f "* ]] || targets+=("meshgate-$f")

@@ -47,8 +47,10 @@ pub enum ForwardMode {
     /// Splice submitted through the ring, each linked behind a readiness
     /// poll (io_uring engine only).
     RingSplice,
-    /// The kernel forwards through a BPF sockmap; the shard handles only
-    /// FIN, resets and timeouts (root, or CAP_BPF and CAP_NET_ADMIN).
+    /// Experimental: the kernel forwards through a BPF sockmap; the shard
+    /// handles only FIN, resets and timeouts (root, or CAP_BPF and
+    /// CAP_NET_ADMIN). No backpressure yet: a slow upstream lets the kernel
+    /// queue without limit, and bulk transfers crawl.
     Sockmap,
 }
 
