@@ -522,3 +522,59 @@ fn enterprise_namespaces_and_partitions() {
         );
     });
 }
+
+/// Envoy's panic threshold as Consul leaves it on a gateway's clusters:
+/// with 1 of 3 endpoints healthy (below 50 %), all three take traffic;
+/// with the data plane's `--panic-threshold 0`, only the healthy one.
+#[test]
+fn below_half_healthy_every_endpoint_takes_traffic_unless_panic_is_off() {
+    for (threshold, want_all) in [("50", true), ("0", false)] {
+        run_bounded("panic", LIMIT, move || {
+            let w = World::start_full(
+                "panic",
+                Config::default(),
+                &[],
+                &[],
+                |_| {},
+                &["--panic-threshold", threshold],
+            );
+            let name = sni("api", "dc1");
+            let backends: Vec<_> = ["a", "b", "c"]
+                .iter()
+                .map(|id| w.backend(id, &name))
+                .collect();
+            w.admin
+                .register(InstanceSpec::service("api", "127.0.0.1:1").with_id("api-app"))
+                .unwrap();
+            for (id, b) in ["a", "b", "c"].iter().zip(&backends) {
+                let spec = InstanceSpec::sidecar("api", id, &b.addr().to_string());
+                let spec = if *id == "a" {
+                    spec
+                } else {
+                    spec.with_status(CheckStatus::Critical)
+                };
+                w.admin.register(spec).unwrap();
+            }
+            w.await_table("one healthy of three", |s| {
+                marked(s, &name).is_some_and(|e| {
+                    e.len() == 3 && e.iter().filter(|(_, _, healthy)| *healthy).count() == 1
+                })
+            });
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..30 {
+                seen.insert(w.dial(&name).expect("a connection").backend);
+            }
+            let all: std::collections::BTreeSet<String> =
+                ["a", "b", "c"].iter().map(|s| (*s).to_owned()).collect();
+            if want_all {
+                assert_eq!(seen, all, "panic: every endpoint takes traffic");
+            } else {
+                assert_eq!(
+                    seen.into_iter().collect::<Vec<_>>(),
+                    vec!["a".to_owned()],
+                    "panic off: only the healthy endpoint"
+                );
+            }
+        });
+    }
+}

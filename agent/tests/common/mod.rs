@@ -132,6 +132,11 @@ pub struct Gateway {
 impl Gateway {
     /// `meshgate serve` on 127.0.0.1:0 with `routes`.
     pub fn start(routes: &Path) -> Gateway {
+        Self::start_with(routes, &[])
+    }
+
+    /// The same, with extra `meshgate serve` flags.
+    pub fn start_with(routes: &Path, extra: &[&str]) -> Gateway {
         let mut cmd = Command::new(meshgate_bin());
         cmd.args([
             "serve",
@@ -144,6 +149,7 @@ impl Gateway {
         ])
         .arg("--routes")
         .arg(routes)
+        .args(extra)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1");
         let child = Child::spawn("meshgate", cmd, false).expect("spawn meshgate");
@@ -314,6 +320,18 @@ impl World {
         env: &[(&str, &str)],
         setup: impl FnOnce(&Admin),
     ) -> World {
+        Self::start_full(name, config, flags, env, setup, &[])
+    }
+
+    /// The same, with extra `meshgate serve` flags.
+    pub fn start_full(
+        name: &str,
+        config: Config,
+        flags: &[&str],
+        env: &[(&str, &str)],
+        setup: impl FnOnce(&Admin),
+        meshgate_flags: &[&str],
+    ) -> World {
         let scratch = Scratch::new(name);
         let routes = scratch.0.join("routes.json");
         std::fs::write(
@@ -324,7 +342,7 @@ impl World {
         let consul = Server::start(config).expect("start the stand-in");
         let admin = consul.admin();
         setup(&admin);
-        let gateway = Gateway::start(&routes);
+        let gateway = Gateway::start_with(&routes, meshgate_flags);
         let agent = start_agent(&consul.url(), &routes, flags, env);
         agent.expect_line("first table", |l| l.contains("first table in place"));
         World {
