@@ -57,21 +57,23 @@ pub fn run() -> ExitCode {
                 ExitCode::from(e.exit_code() as u8)
             }
         },
-        cli::Command::Check { routes, against } => match serve::check_routes(&routes, against.as_deref()) {
-            Ok(table) => {
-                println!(
-                    "{}: ok, {} routes, version {}",
-                    routes.display(),
-                    table.len(),
-                    serve::VersionDisplay(table.version())
-                );
-                ExitCode::SUCCESS
+        cli::Command::Check { routes, against } => {
+            match serve::check_routes(&routes, against.as_deref()) {
+                Ok(table) => {
+                    println!(
+                        "{}: ok, {} routes, version {}",
+                        routes.display(),
+                        table.len(),
+                        serve::VersionDisplay(table.version())
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("meshgate: {e}");
+                    ExitCode::from(e.exit_code() as u8)
+                }
             }
-            Err(e) => {
-                eprintln!("meshgate: {e}");
-                ExitCode::from(e.exit_code() as u8)
-            }
-        },
+        }
         cli::Command::Lookup { routes, name } => {
             let table = match serve::load_routes(&routes) {
                 Ok(t) => t,

@@ -42,9 +42,7 @@ mod store;
 mod world;
 
 pub use acl::{Access, AclConfig, Resource, Rule, TokenSpec, ANONYMOUS_ACCESSOR};
-pub use admin::{
-    Admin, AdminError, AdminOp, ExportsReport, ImportedService, PeerLink, PeeringOp,
-};
+pub use admin::{Admin, AdminError, AdminOp, ExportsReport, ImportedService, PeerLink, PeeringOp};
 pub use config::{Config, Edition};
 pub use fault::{ActiveFault, FaultKind, FaultSpec, Times};
 pub use model::{
