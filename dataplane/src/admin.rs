@@ -260,6 +260,21 @@ pub fn metrics(state: &AdminState) -> String {
     for (i, s) in state.shards.iter().enumerate() {
         let _ = writeln!(out, "meshgate_pipes{{shard=\"{i}\"}} {}", s.pipes.get());
     }
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_direction_switches_total Adaptive engine: connection directions that moved to splice (streaming) or back to copy (quiet).\n# TYPE meshgate_direction_switches_total counter"
+    );
+    let switches: [(&str, Getter); 2] = [
+        ("splice", |s| s.switched_to_splice.get()),
+        ("copy", |s| s.switched_to_copy.get()),
+    ];
+    for (to, f) in switches {
+        let _ = writeln!(
+            out,
+            "meshgate_direction_switches_total{{to=\"{to}\"}} {}",
+            sum(f)
+        );
+    }
     if let Some(log) = &state.access_log {
         let _ = writeln!(
             out,

@@ -142,8 +142,9 @@ pub struct ServeArgs {
     /// How bytes move once connected: `splice` (zero-copy through pooled
     /// pipes, non-blocking splice(2) after ring readiness), `ring-splice`
     /// (the same pipes, splice submitted through the ring behind a linked
-    /// poll; io_uring only, runs as `splice` on epoll) or `copy` (ring
-    /// recv/send through provided buffers).
+    /// poll; io_uring only, runs as `splice` on epoll), `copy` (ring
+    /// recv/send through provided buffers) or `adaptive` (each direction
+    /// copies while its messages are small and splices while it streams).
     #[arg(long, value_enum, default_value = "splice")]
     pub forward: ForwardMode,
 

@@ -13,7 +13,7 @@
 //! (one without [`Completion::more`]) has been delivered.
 
 use std::io;
-use std::os::fd::{OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use crate::sys::RawSockAddr;
@@ -195,6 +195,13 @@ pub trait Driver {
     );
     /// Cancels every operation on `fd`. Produces one completion for `token`.
     fn cancel_fd(&mut self, token: Token, fd: RawFd);
+    /// Ends the operations waiting to read socket `fd` (receives, polls for
+    /// readability), for a socket being closed that has no other operation
+    /// pending: each completes on its own (EOF, readable or `-ECANCELED`),
+    /// and nothing else completes. Cheaper than [`Driver::cancel_fd`] where
+    /// a cancellation by descriptor costs a scan of every pending operation
+    /// (io_uring).
+    fn end_reads(&mut self, fd: BorrowedFd<'_>);
     /// Gives back memory kept for descriptors no longer in use; the shard
     /// calls it when its last connection after a burst has closed, with the
     /// highest descriptor it still has operations on (a listener or its
@@ -205,6 +212,9 @@ pub trait Driver {
     }
     /// The first `len` bytes of a buffer a receive filled.
     fn buffer(&self, group: Group, buffer: u16, len: usize) -> &[u8];
+    /// Bytes each buffer of `group` holds (0 when the group has none): a
+    /// receive that returns this many filled its buffer.
+    fn buffer_size(&self, group: Group) -> usize;
     /// Gives a buffer back to its group.
     fn recycle(&mut self, group: Group, buffer: u16);
     /// Submits what was requested and waits up to `timeout` (forever if

@@ -16,7 +16,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::driver::{Completion, Driver, Group, Interest, Token};
@@ -534,6 +534,16 @@ impl Driver for Epoll {
         }
     }
 
+    fn end_reads(&mut self, fd: BorrowedFd<'_>) {
+        use std::os::fd::AsRawFd;
+        let fd = fd.as_raw_fd();
+        if let Some(op) = self.state(fd).read.take() {
+            let token = read_token(&op);
+            self.complete(token, -libc::ECANCELED, None, false);
+            self.update_interest(fd);
+        }
+    }
+
     fn cancel_fd(&mut self, token: Token, fd: RawFd) {
         let state = self.state(fd);
         let (read, write) = (state.read.take(), state.write.take());
@@ -568,6 +578,13 @@ impl Driver for Epoll {
             Group::Io => self.io.as_ref().expect("copy buffers not configured"),
         };
         &pool.slice(buffer)[..len.min(pool.size)]
+    }
+
+    fn buffer_size(&self, group: Group) -> usize {
+        match group {
+            Group::Peek => self.peek.size,
+            Group::Io => self.io.as_ref().map_or(0, |io| io.size),
+        }
     }
 
     fn recycle(&mut self, group: Group, buffer: u16) {

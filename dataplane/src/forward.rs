@@ -17,6 +17,15 @@
 //!   then a ring `send` of that buffer; the buffer goes back to the ring once
 //!   fully sent. An idle direction holds no buffer.
 //!
+//! - **adaptive**: each direction of each connection starts on copy (one
+//!   ring completion per message each way, the cheapest for small
+//!   request/response messages) and moves to splice while it streams:
+//!   after [`STREAM_READS`] receives in a row each filled the whole buffer.
+//!   It moves back to copy when it goes quiet: after [`QUIET_READS`]
+//!   readiness events in a row each brought less than [`SMALL_FILL`]. A
+//!   direction switches only when it holds nothing (no buffer, no pipe
+//!   bytes) and has no operation in flight, so bytes keep their order.
+//!
 //! - **sockmap**: both sockets go into a BPF `SOCKHASH` whose stream
 //!   verdict program sends every skb out of the other socket
 //!   ([`crate::sockmap`]); the kernel moves the bytes and the shard waits
@@ -52,6 +61,9 @@ pub enum ForwardMode {
     /// CAP_NET_ADMIN). No backpressure yet: a slow upstream lets the kernel
     /// queue without limit, and bulk transfers crawl.
     Sockmap,
+    /// Per direction: copy while messages are small, splice while the
+    /// direction streams.
+    Adaptive,
 }
 
 impl ForwardMode {
@@ -62,13 +74,43 @@ impl ForwardMode {
             ForwardMode::Copy => "copy",
             ForwardMode::RingSplice => "ring-splice",
             ForwardMode::Sockmap => "sockmap",
+            ForwardMode::Adaptive => "adaptive",
         }
     }
 
     /// True for the modes that move bytes through pipes.
     pub fn uses_pipes(self) -> bool {
-        matches!(self, ForwardMode::Splice | ForwardMode::RingSplice)
+        matches!(
+            self,
+            ForwardMode::Splice | ForwardMode::RingSplice | ForwardMode::Adaptive
+        )
     }
+
+    /// True for the modes that move bytes through provided buffers.
+    pub fn uses_buffers(self) -> bool {
+        matches!(self, ForwardMode::Copy | ForwardMode::Adaptive)
+    }
+}
+
+/// Adaptive engine: a copying direction moves to splice after this many
+/// receives in a row each filled the whole buffer (with the default 32 KiB
+/// buffers, 128 KiB streamed without a pause). Measured in BENCHMARKS.md
+/// ("The adaptive engine"): a 64-byte request/response never gets there,
+/// a bulk stream gets there in its first 128 KiB.
+pub const STREAM_READS: u8 = 4;
+
+/// Adaptive engine: a splicing direction moves back to copy after this many
+/// readiness events in a row each brought under [`SMALL_FILL`] bytes (the
+/// stream ended and messages are small again).
+pub const QUIET_READS: u8 = 4;
+
+/// Adaptive engine: which way a direction moved, for the switch counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// From copy to splice: the direction streams.
+    ToSplice,
+    /// From splice to copy: the direction went quiet.
+    ToCopy,
 }
 
 /// What a direction needs next.
@@ -103,7 +145,7 @@ const SPLICE_ROUNDS: usize = 4;
 /// direction goes back to waiting instead of trying another round that
 /// would only find the socket empty: one `splice(2)` saved per message in
 /// request/response traffic, while bulk transfers keep their rounds.
-const SMALL_FILL: usize = 16 * 1024;
+pub const SMALL_FILL: usize = 16 * 1024;
 
 /// Ring-splice: most pipes a shard holds at once. A ring splice holds its
 /// pipe while it waits for an io-wq worker, so a burst of readiness (a
@@ -123,6 +165,12 @@ pub struct Dir {
     done: bool,
     /// Sockmap engine: the source's FIN arrived.
     pub hangup: bool,
+    /// Adaptive engine: the direction splices now (else it copies).
+    splicing: bool,
+    /// Reads in a row that point to the other engine: receives that filled
+    /// the buffer while copying, readiness events that brought less than
+    /// [`SMALL_FILL`] while splicing.
+    streak: u8,
 }
 
 impl Dir {
@@ -131,9 +179,65 @@ impl Dir {
         self.done
     }
 
+    /// True while the direction's operation in flight (if any) is on its
+    /// destination: a send of a held buffer, or a wait to write a pipe's
+    /// bytes. Otherwise it waits on its source, or is done.
+    pub fn is_writing(&self) -> bool {
+        self.held.is_some() || self.in_pipe > 0
+    }
+
     /// Marks the direction finished.
     pub fn finish(&mut self) {
         self.done = true;
+    }
+
+    /// How this direction moves bytes under `engine`: the engine itself, or
+    /// for [`ForwardMode::Adaptive`] copy or splice as the direction last
+    /// chose.
+    pub fn mode(&self, engine: ForwardMode) -> ForwardMode {
+        match engine {
+            ForwardMode::Adaptive if self.splicing => ForwardMode::Splice,
+            ForwardMode::Adaptive => ForwardMode::Copy,
+            mode => mode,
+        }
+    }
+
+    /// Adaptive engine: called when the direction is about to wait for its
+    /// source again, holding nothing. Switches engine when the reads in a
+    /// row say so, and says which way it moved.
+    pub fn adapt(&mut self) -> Option<Switch> {
+        let (limit, switch) = if self.splicing {
+            (QUIET_READS, Switch::ToCopy)
+        } else {
+            (STREAM_READS, Switch::ToSplice)
+        };
+        if self.streak < limit || self.held.is_some() || self.in_pipe > 0 || self.pipe.is_some() {
+            return None;
+        }
+        self.splicing = !self.splicing;
+        self.streak = 0;
+        Some(switch)
+    }
+
+    /// Adaptive engine: a splicing direction that cannot get a pipe copies
+    /// instead (it holds nothing then). Returns whether it switched.
+    pub fn fall_back_to_copy(&mut self) -> bool {
+        if !self.splicing || self.in_pipe > 0 || self.pipe.is_some() {
+            return false;
+        }
+        self.splicing = false;
+        self.streak = 0;
+        true
+    }
+
+    /// Counts one read toward the switch: `streams` when it points to
+    /// splice (copy: a full buffer) or `quiet` when it points to copy.
+    fn note_read(&mut self, points_away: bool) {
+        self.streak = if points_away {
+            self.streak.saturating_add(1)
+        } else {
+            0
+        };
     }
 
     /// Splice engine: called when the source was readable or the destination
@@ -151,6 +255,7 @@ impl Dir {
         }
         let mut rounds = 0;
         let mut last_fill = usize::MAX;
+        let mut filled = 0;
         loop {
             if self.in_pipe > 0 {
                 let Some(pipe) = self.pipe.as_ref() else {
@@ -170,6 +275,7 @@ impl Dir {
                 pool.give_back(pipe, now_ms);
             }
             if rounds == SPLICE_ROUNDS || last_fill < SMALL_FILL {
+                self.note_read(filled < SMALL_FILL);
                 return Step::Read;
             }
             rounds += 1;
@@ -185,10 +291,12 @@ impl Dir {
                     self.in_pipe = n;
                     self.pipe = Some(pipe);
                     last_fill = n;
+                    filled += n;
                 }
                 Err(e) => {
                     pool.give_back(pipe, now_ms);
                     return if e.kind() == io::ErrorKind::WouldBlock {
+                        self.note_read(filled < SMALL_FILL);
                         Step::Read
                     } else {
                         Step::SourceFailed
@@ -283,6 +391,7 @@ impl Dir {
         if is_read {
             return match (c.result, c.buffer) {
                 (n, Some(bid)) if n > 0 => {
+                    self.note_read(n as usize >= driver.buffer_size(Group::Io));
                     self.held = Some((bid, 0, n as u32));
                     Step::Write
                 }
@@ -386,6 +495,41 @@ mod tests {
             dir.on_ring_splice(&mut pool, false, -libc::EPIPE, 0),
             Step::DestinationFailed
         );
+    }
+
+    #[test]
+    fn adaptive_switches_after_a_streak_and_only_holding_nothing() {
+        let mut dir = Dir::default();
+        assert_eq!(dir.mode(ForwardMode::Adaptive), ForwardMode::Copy);
+        for _ in 1..STREAM_READS {
+            dir.note_read(true);
+            assert_eq!(dir.adapt(), None);
+        }
+        // A short read breaks the streak.
+        dir.note_read(false);
+        for _ in 1..STREAM_READS {
+            dir.note_read(true);
+        }
+        assert_eq!(dir.adapt(), None);
+        dir.note_read(true);
+        // Never while a buffer is held.
+        dir.held = Some((0, 0, 1));
+        assert_eq!(dir.adapt(), None);
+        dir.held = None;
+        assert_eq!(dir.adapt(), Some(Switch::ToSplice));
+        assert_eq!(dir.mode(ForwardMode::Adaptive), ForwardMode::Splice);
+        assert_eq!(dir.mode(ForwardMode::Copy), ForwardMode::Copy);
+        for _ in 1..QUIET_READS {
+            dir.note_read(true);
+        }
+        assert_eq!(dir.adapt(), None);
+        dir.note_read(true);
+        assert_eq!(dir.adapt(), Some(Switch::ToCopy));
+        assert_eq!(dir.mode(ForwardMode::Adaptive), ForwardMode::Copy);
+        // A splicing direction without a pipe falls back to copy.
+        dir.splicing = true;
+        assert!(dir.fall_back_to_copy());
+        assert!(!dir.fall_back_to_copy());
     }
 
     #[test]

@@ -253,7 +253,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let uring_cfg = UringConfig {
         sq_entries: 1024,
         peek_buffers: 256,
-        io_buffers: if args.forward == ForwardMode::Copy {
+        io_buffers: if args.forward.uses_buffers() {
             args.copy_buffers
         } else {
             0

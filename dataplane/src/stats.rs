@@ -99,6 +99,10 @@ pub struct ShardStats {
     pub bytes_to_client: Counter,
     /// Pipes currently created by the shard (pooled or holding bytes).
     pub pipes: Counter,
+    /// Adaptive engine: directions that moved from copy to splice.
+    pub switched_to_splice: Counter,
+    /// Adaptive engine: directions that moved from splice to copy.
+    pub switched_to_copy: Counter,
     /// Upstream connect time.
     pub connect_time: Histogram,
     /// Forwarded connection duration.

@@ -132,6 +132,16 @@ pub fn set_linger_zero(fd: BorrowedFd<'_>) -> io::Result<()> {
     .map(drop)
 }
 
+/// `shutdown(fd, SHUT_RD)`: the socket reads nothing more, and a receive or
+/// a readability poll waiting on it completes (EOF, readable).
+///
+/// # Errors
+/// `ENOTCONN` when the socket is not connected.
+pub fn shutdown_read(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: plain syscall on a borrowed descriptor.
+    cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RD) }).map(drop)
+}
+
 /// `shutdown(fd, SHUT_WR)`: passes a half-close on.
 ///
 /// # Errors

@@ -22,7 +22,7 @@
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
@@ -284,6 +284,15 @@ impl Driver for Uring {
         self.push(&[poll, splice]);
     }
 
+    fn end_reads(&mut self, fd: BorrowedFd<'_>) {
+        // The kernel finds a request to cancel by descriptor by walking
+        // every pending poll (measured: a burst of 8,000 hello timeouts cost
+        // the shards 36 ticks of CPU this way against 11 on epoll).
+        // shutdown(SHUT_RD) instead wakes the socket's waiters, and each
+        // receive or poll completes by itself (EOF, readable).
+        let _ = crate::sys::shutdown_read(fd);
+    }
+
     fn cancel_fd(&mut self, token: Token, fd: RawFd) {
         let entry = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
             .build()
@@ -293,6 +302,13 @@ impl Driver for Uring {
 
     fn buffer(&self, group: Group, buffer: u16, len: usize) -> &[u8] {
         self.group(group).filled(buffer, len)
+    }
+
+    fn buffer_size(&self, group: Group) -> usize {
+        match group {
+            Group::Peek => self.peek.size,
+            Group::Io => self.io.as_ref().map_or(0, |io| io.size),
+        }
     }
 
     fn recycle(&mut self, group: Group, buffer: u16) {

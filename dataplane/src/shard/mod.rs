@@ -728,6 +728,7 @@ impl<D: Driver> Shard<D> {
         if matches!(conn.phase, Phase::Closing) {
             return;
         }
+        let pending = pending_on_sockets(conn);
         conn.phase = Phase::Closing;
         conn.reason = reason;
         match reason {
@@ -754,12 +755,23 @@ impl<D: Driver> Shard<D> {
             _ => {}
         }
         if conn.inflight > 0 {
+            // A socket waiting only to read is woken (`end_reads`), which
+            // costs no cancellation request; a cancellation is submitted only
+            // for a socket with a connect or a write in flight.
             let token = Token::new(OpKind::Cancel, slot, generation);
-            conn.inflight += 1;
-            self.driver.cancel_fd(token, conn.client.as_raw_fd());
-            if let Some(up) = conn.upstream.as_ref() {
-                conn.inflight += 1;
-                self.driver.cancel_fd(token, up.as_raw_fd());
+            let sockets = [Some(&conn.client), conn.upstream.as_ref()];
+            for (side, fd) in sockets.into_iter().enumerate() {
+                let Some(fd) = fd else {
+                    continue;
+                };
+                match pending[side] {
+                    Pending::Nothing => {}
+                    Pending::Reads => self.driver.end_reads(fd.as_fd()),
+                    Pending::Any => {
+                        conn.inflight += 1;
+                        self.driver.cancel_fd(token, fd.as_raw_fd());
+                    }
+                }
             }
         }
         self.finish_if_idle(slot, generation);
@@ -860,6 +872,55 @@ impl<D: Driver> Shard<D> {
             shard = self.cfg.id,
             "connections all closed: memory given back"
         );
+    }
+}
+
+/// What may be in flight on one socket of a connection that starts closing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// No operation.
+    Nothing,
+    /// At most a receive or a poll for readability.
+    Reads,
+    /// Anything (a connect, a send, a poll for room, the sockmap engine's
+    /// waits).
+    Any,
+}
+
+/// What may be in flight on the client's socket and on the upstream's, from
+/// the connection's phase and its directions (each has at most one
+/// operation: on its source while reading, on its destination while
+/// writing).
+fn pending_on_sockets(conn: &Conn) -> [Pending; 2] {
+    let reads = |dir: &Dir| {
+        if dir.is_done() {
+            Pending::Nothing
+        } else {
+            Pending::Reads
+        }
+    };
+    match conn.phase {
+        Phase::Hello { .. } => [Pending::Reads, Pending::Nothing],
+        Phase::Connecting { .. } => [Pending::Nothing, Pending::Any],
+        Phase::Forwarding if !conn.kernel => {
+            let [to_upstream, to_client] = &conn.dirs;
+            let client = if to_client.is_writing() {
+                Pending::Any
+            } else if to_upstream.is_writing() {
+                Pending::Nothing
+            } else {
+                reads(to_upstream)
+            };
+            let upstream = if to_upstream.is_writing() {
+                Pending::Any
+            } else if to_client.is_writing() {
+                Pending::Nothing
+            } else {
+                reads(to_client)
+            };
+            [client, upstream]
+        }
+        _ => [Pending::Any, Pending::Any],
     }
 }
 

@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use super::{read_kind, write_kind, Phase, Shard, Starved};
 use crate::driver::{Completion, Driver, Group, Interest, OpKind, Token};
-use crate::forward::{ForwardMode, Step};
+use crate::forward::{ForwardMode, Step, Switch};
 use crate::stats::CloseReason;
 use crate::sys;
 
@@ -20,12 +20,13 @@ impl<D: Driver> Shard<D> {
         let src = if d == 0 { &conn.client } else { upstream }.as_raw_fd();
         conn.inflight += 1;
         let token = Token::new(read_kind(d), slot, generation);
-        match conn.mode(self.cfg.forward) {
+        match conn.dirs[d].mode(conn.mode(self.cfg.forward)) {
             ForwardMode::Splice | ForwardMode::RingSplice => {
                 self.driver.poll(token, src, Interest::Read)
             }
             ForwardMode::Copy => self.driver.recv(token, src, Group::Io, false),
             ForwardMode::Sockmap => self.driver.poll(token, src, Interest::Hangup),
+            ForwardMode::Adaptive => unreachable!("resolved per direction"),
         }
     }
 
@@ -45,6 +46,9 @@ impl<D: Driver> Shard<D> {
         if mode == ForwardMode::Sockmap {
             return self.on_hangup(slot, generation, d, c);
         }
+        // Adaptive: this direction copies or splices, as it last chose.
+        let adaptive = mode == ForwardMode::Adaptive;
+        let mode = conn.dirs[d].mode(mode);
         let Some(upstream) = conn.upstream.as_ref() else {
             return;
         };
@@ -63,7 +67,9 @@ impl<D: Driver> Shard<D> {
             ForwardMode::RingSplice => {
                 conn.dirs[d].on_ring_splice(&mut self.pipes, is_read, c.result, now)
             }
-            ForwardMode::Sockmap => unreachable!("handled by on_hangup"),
+            ForwardMode::Sockmap | ForwardMode::Adaptive => {
+                unreachable!("handled by on_hangup, or resolved per direction")
+            }
         };
         let moved = conn.dirs[d].bytes - before;
         if moved > 0 {
@@ -83,7 +89,16 @@ impl<D: Driver> Shard<D> {
         }
         self.stats.pipes.set(self.pipes.live() as u64);
         match step {
-            Step::Read => self.arm_read(slot, generation, d),
+            Step::Read => {
+                if adaptive {
+                    match conn.dirs[d].adapt() {
+                        Some(Switch::ToSplice) => self.stats.switched_to_splice.add(1),
+                        Some(Switch::ToCopy) => self.stats.switched_to_copy.add(1),
+                        None => {}
+                    }
+                }
+                self.arm_read(slot, generation, d)
+            }
             Step::Write => {
                 let raw = dst.as_raw_fd();
                 conn.inflight += 1;
@@ -91,7 +106,9 @@ impl<D: Driver> Shard<D> {
                 match mode {
                     ForwardMode::Splice => self.driver.poll(token, raw, Interest::Write),
                     ForwardMode::Copy => conn.dirs[d].send_pending(&mut self.driver, token, raw),
-                    ForwardMode::Sockmap => unreachable!("handled by on_hangup"),
+                    ForwardMode::Sockmap | ForwardMode::Adaptive => {
+                        unreachable!("handled by on_hangup, or resolved per direction")
+                    }
                     ForwardMode::RingSplice => {
                         let dir = &conn.dirs[d];
                         let (Some((pipe_out, _)), Ok(len)) =
@@ -140,6 +157,12 @@ impl<D: Driver> Shard<D> {
                 }
             }
             Step::Starved => {
+                if adaptive && conn.dirs[d].fall_back_to_copy() {
+                    // No pipe: this direction copies instead.
+                    self.stats.switched_to_copy.add(1);
+                    self.note_pipe_errors();
+                    return self.arm_read(slot, generation, d);
+                }
                 if mode.uses_pipes() {
                     // No pipe can be created (descriptors ran out). A
                     // connection that has not forwarded a byte yet is shed
@@ -194,7 +217,7 @@ impl<D: Driver> Shard<D> {
                         true,
                     );
                 }
-                Starved::Dir(d) => match conn.mode(self.cfg.forward) {
+                Starved::Dir(d) => match conn.dirs[d].mode(conn.mode(self.cfg.forward)) {
                     // Splice: pump again as if the source were readable
                     // (the direction has no operation in flight); the
                     // ring splice takes a pipe and fills it.
@@ -212,6 +235,7 @@ impl<D: Driver> Shard<D> {
                     // Sockmap: the FIN arrived before its bytes had all
                     // left; check again.
                     ForwardMode::Sockmap => self.drain_kernel(slot, generation, d),
+                    ForwardMode::Adaptive => unreachable!("resolved per direction"),
                 },
             }
         }

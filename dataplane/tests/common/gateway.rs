@@ -36,11 +36,16 @@ pub enum Forward {
     Sockmap,
     /// epoll, BPF sockmap.
     EpollSockmap,
+    /// io_uring, each direction copying while its messages are small and splicing while
+    /// it streams (`adaptive`).
+    Adaptive,
+    /// epoll, `adaptive`.
+    EpollAdaptive,
 }
 
 impl Forward {
     /// Every variant, for tests that loop.
-    pub const ALL: [Forward; 7] = [
+    pub const ALL: [Forward; 9] = [
         Forward::Splice,
         Forward::Copy,
         Forward::EpollSplice,
@@ -48,6 +53,8 @@ impl Forward {
         Forward::RingSplice,
         Forward::Sockmap,
         Forward::EpollSockmap,
+        Forward::Adaptive,
+        Forward::EpollAdaptive,
     ];
 
     /// The `--forward` value.
@@ -57,14 +64,22 @@ impl Forward {
             Forward::Copy | Forward::EpollCopy => "copy",
             Forward::RingSplice => "ring-splice",
             Forward::Sockmap | Forward::EpollSockmap => "sockmap",
+            Forward::Adaptive | Forward::EpollAdaptive => "adaptive",
         }
     }
 
     /// The `--engine` value.
     pub fn engine(self) -> &'static str {
         match self {
-            Forward::Splice | Forward::Copy | Forward::RingSplice | Forward::Sockmap => "uring",
-            Forward::EpollSplice | Forward::EpollCopy | Forward::EpollSockmap => "epoll",
+            Forward::Splice
+            | Forward::Copy
+            | Forward::RingSplice
+            | Forward::Sockmap
+            | Forward::Adaptive => "uring",
+            Forward::EpollSplice
+            | Forward::EpollCopy
+            | Forward::EpollSockmap
+            | Forward::EpollAdaptive => "epoll",
         }
     }
 

@@ -65,6 +65,8 @@ macro_rules! forward_tests {
             $crate::common::forward_tests!(@one $body, ring_splice, RingSplice, $secs);
             $crate::common::forward_tests!(@one $body, sockmap, Sockmap, $secs);
             $crate::common::forward_tests!(@one $body, epoll_sockmap, EpollSockmap, $secs);
+            $crate::common::forward_tests!(@one $body, adaptive, Adaptive, $secs);
+            $crate::common::forward_tests!(@one $body, epoll_adaptive, EpollAdaptive, $secs);
         }
     };
     (@one $body:ident, $name:ident, $variant:ident, $secs:expr) => {
