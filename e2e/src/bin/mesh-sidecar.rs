@@ -88,6 +88,13 @@ enum Cmd {
         /// domain.
         #[arg(long = "upstream")]
         upstreams: Vec<String>,
+        /// An upstream in a peered cluster:
+        /// `NAME,SNI,SPIFFE_ID,LOCAL_BIND,ENDPOINT[+ENDPOINT...]`, with the
+        /// peered name and identity Consul takes from the imported
+        /// instances' `PeerMeta` (repeatable). `--ca` must then hold the
+        /// peer's CA (its trust bundle).
+        #[arg(long = "peered-upstream")]
+        peered_upstreams: Vec<String>,
         /// Public listener address (omit for a sidecar that takes no
         /// connections).
         #[arg(long)]
@@ -239,6 +246,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             service,
             admin,
             upstreams,
+            peered_upstreams,
             public_listener,
             local_app,
             trust_domain,
@@ -248,6 +256,9 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             let mut spec = envoy::SidecarSpec::new(&service, tls.files(), admin);
             for (i, u) in upstreams.iter().enumerate() {
                 spec = spec.upstream(upstream_arg(i, u, &trust_domain)?);
+            }
+            for (i, u) in peered_upstreams.iter().enumerate() {
+                spec = spec.upstream(peered_upstream_arg(i, u)?);
             }
             if let Some(listen) = public_listener {
                 let local_app = local_app.context("--public-listener needs --local-app")?;
@@ -310,6 +321,27 @@ fn upstream_arg(i: usize, arg: &str, td: &str) -> anyhow::Result<envoy::Upstream
         .with_context(|| format!("--upstream[{i}] {arg:?}"))?;
     Ok(envoy::UpstreamSpec::consul(
         td, None, dc, name, bind, endpoints,
+    ))
+}
+
+/// `--peered-upstream NAME,SNI,SPIFFE_ID,LOCAL_BIND,ENDPOINT[+ENDPOINT...]`.
+fn peered_upstream_arg(i: usize, arg: &str) -> anyhow::Result<envoy::UpstreamSpec> {
+    let parts: Vec<&str> = arg.split(',').collect();
+    let [name, sni, spiffe_id, bind, endpoints] = parts.as_slice() else {
+        anyhow::bail!(
+            "--peered-upstream[{i}] {arg:?}: expected NAME,SNI,SPIFFE_ID,LOCAL_BIND,ENDPOINT[+ENDPOINT...]"
+        );
+    };
+    let bind: SocketAddr = bind
+        .parse()
+        .with_context(|| format!("--peered-upstream[{i}] {arg:?}: local bind address {bind:?}"))?;
+    let endpoints = endpoints
+        .split('+')
+        .map(|e| e.parse::<envoy::Endpoint>())
+        .collect::<anyhow::Result<Vec<_>>>()
+        .with_context(|| format!("--peered-upstream[{i}] {arg:?}"))?;
+    Ok(envoy::UpstreamSpec::new(
+        name, "peer", bind, sni, spiffe_id, endpoints,
     ))
 }
 
