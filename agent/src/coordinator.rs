@@ -222,11 +222,18 @@ impl Coordinator {
         let sync_deadline = Instant::now() + t.initial_sync_timeout;
         let mut synced = false;
         let mut dirty = false;
-        let mut flush_at: Option<Instant> = None;
+        // Peering watches hold the first table back for PENDING_GRACE at
+        // most (a token without peering:read never gets their answers);
+        // the timer makes sure that moment is noticed.
+        let peering_grace = Instant::now() + PENDING_GRACE;
+        let mut flush_at: Option<Instant> = Some(peering_grace);
         let mut failing_write = false;
         let mut deferred_since: Option<Instant> = None;
         loop {
-            let first_sync = !synced && (self.pending == 0 || self.only_remote_pending());
+            let first_sync = !synced
+                && (self.pending == 0
+                    || self.only_remote_pending()
+                    || (Instant::now() >= peering_grace && self.only_peering_pending()));
             if first_sync {
                 synced = true;
                 dirty = true;
@@ -331,6 +338,23 @@ impl Coordinator {
                         _ => false,
                     }
             })
+    }
+
+    /// Only peering watches are unanswered (logged when true).
+    fn only_peering_pending(&self) -> bool {
+        let mut waiting = Vec::new();
+        for (k, r) in &self.watches {
+            match k {
+                _ if r.answered => {}
+                Key::Peering(_) => waiting.push(k.name()),
+                _ => return false,
+            }
+        }
+        tracing::warn!(
+            watches = ?waiting,
+            "peering watches have not answered; the first table goes without them (the token needs peering:read and mesh:read, and peering must be enabled)"
+        );
+        true
     }
 
     /// Builds and offers the table; marks the agent ready.
@@ -492,6 +516,21 @@ impl Coordinator {
     fn handle(&mut self, msg: Msg) -> Option<RunError> {
         let (key, gen, data) = match msg {
             Msg::Data { key, gen, data } => (key, gen, data),
+            // `--once`: a peering watch that keeps failing leaves peering
+            // routes out, not the whole table.
+            Msg::Failed {
+                key: key @ Key::Peering(_),
+                error,
+            } => {
+                tracing::warn!(watch = %key.name(), %error, "peering watch failed; peering routes left out (the token needs peering:read and mesh:read, and peering must be enabled)");
+                if let Some(r) = self.watches.get_mut(&key) {
+                    if !r.answered {
+                        r.answered = true;
+                        self.pending -= 1;
+                    }
+                }
+                return None;
+            }
             Msg::Failed { key, error } => {
                 return Some(RunError::Unavailable {
                     watch: key.name(),

@@ -14,7 +14,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{endpoints, run_bounded, sni, TlsBackend, World, TD};
-use consul_standin::{Config, InstanceSpec, PeerLink, PeeringSpec, Server};
+use consul_standin::{
+    Config, FaultKind, FaultSpec, InstanceSpec, PeerLink, PeeringSpec, Server, Times,
+};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(90);
@@ -442,5 +444,78 @@ fn the_control_plane_routes_only_with_peer_through_mesh_gateways() {
             endpoints(s, &inbound).is_none() && endpoints(s, &outbound).is_none()
         });
         assert!(p.b.dial(&inbound).is_err());
+    });
+}
+
+/// What a token without `peering:read` meets: `/v1/peerings` refused.
+fn refuse_peerings() -> FaultSpec {
+    FaultSpec {
+        path_prefix: Some("/v1/peerings".into()),
+        kind: FaultKind::Status {
+            code: 403,
+            body: "Permission denied: token lacks permission 'peering:read'".into(),
+        },
+        times: Times::UntilCleared,
+    }
+}
+
+#[test]
+fn a_refused_peering_watch_costs_only_the_peering_routes() {
+    run_bounded("peering-refused", LIMIT, || {
+        let started = std::time::Instant::now();
+        let w = World::start_with_setup("peering-refused", Config::default(), &[], &[], |admin| {
+            admin.inject_fault(refuse_peerings()).unwrap();
+        });
+        // The first table does not wait for --initial-sync-timeout-ms.
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "first table after {:?}",
+            started.elapsed()
+        );
+        w.agent.expect_line("the warning", |l| {
+            l.contains("peering watches have not answered")
+        });
+        let local = sni("api", "dc1");
+        let name = peered("api", "cluster-b");
+        let api = TlsBackend::start("api-1", &w.pki, &[&local, &name]);
+        register(&w, "api", "api-1", api.addr());
+        peering(&w, "cluster-b");
+        export(
+            &w,
+            json!([{"Name": "api", "Consumers": [{"Peer": "cluster-b"}]}]),
+        );
+        w.await_table("local routes", |s| endpoints(s, &local).is_some());
+        // Permission granted: the peering routes follow.
+        w.admin.clear_faults().unwrap();
+        w.await_table("exported", |s| endpoints(s, &name).is_some());
+        assert_eq!(w.dial(&name).unwrap().backend, "api-1");
+    });
+}
+
+#[test]
+fn once_leaves_out_peering_routes_it_cannot_read() {
+    run_bounded("peering-once", LIMIT, || {
+        let consul = Server::start(Config::default()).unwrap();
+        let admin = consul.admin();
+        admin
+            .register(InstanceSpec::service("api", "127.0.0.1:1").with_id("api-app"))
+            .unwrap();
+        admin
+            .register(InstanceSpec::sidecar("api", "api-1", "127.0.0.1:21000"))
+            .unwrap();
+        admin.inject_fault(refuse_peerings()).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate-agent"))
+            .args(["--once", "--retry-base-ms", "10", "--retry-max-ms", "20"])
+            .env("CONSUL_HTTP_ADDR", consul.addr().to_string())
+            .env("NO_COLOR", "1")
+            .output()
+            .expect("run meshgate-agent --once");
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains(&sni("api", "dc1")), "{stdout}");
+        assert!(stderr.contains("peering watch failed"), "{stderr}");
     });
 }
