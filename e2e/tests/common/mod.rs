@@ -158,6 +158,17 @@ pub struct GatewaySpec<'a> {
 
 impl Gateway {
     pub fn start(ns: &Netns, dir: &Path, spec: &GatewaySpec<'_>) -> Gateway {
+        Gateway::start_with(ns, dir, spec, &[])
+    }
+
+    /// [`Gateway::start`] with more `meshgate-agent` flags (e.g.
+    /// `--expose-servers`, `--dns-server`).
+    pub fn start_with(
+        ns: &Netns,
+        dir: &Path,
+        spec: &GatewaySpec<'_>,
+        agent_args: &[&str],
+    ) -> Gateway {
         let name = format!("{}/{}", ns.name(), spec.service);
         let routes = dir.join(format!("{}-{}-routes.json", ns.name(), spec.service));
         std::fs::write(
@@ -216,6 +227,7 @@ impl Gateway {
         if let Some(id) = spec.proxy_id {
             args.extend(["--proxy-id", id]);
         }
+        args.extend_from_slice(agent_args);
         let agent = spawn_in(
             ns,
             &format!("meshgate-agent {name}"),
