@@ -160,9 +160,9 @@ if [ "$profile" = release ]; then
 else
   cargo build --locked -q -p meshgate -p meshgate-bench
 fi
-meshgate="$root/target/$profile/meshgate"
-bench="$root/target/$profile/meshgate-bench"
-floor="$root/target/$profile/floor-forwarder"
+meshgate="${CARGO_TARGET_DIR:-$root/target}/$profile/meshgate"
+bench="${CARGO_TARGET_DIR:-$root/target}/$profile/meshgate-bench"
+floor="${CARGO_TARGET_DIR:-$root/target}/$profile/floor-forwarder"
 
 # ---------------------------------------------------------------- targets
 # meshgate: one target per value `serve --help` lists for --forward.

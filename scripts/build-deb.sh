@@ -22,7 +22,7 @@ pkg="$repo/packaging/deb"
 
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit 64; }
 
-bin_dir="$repo/target/release"
+bin_dir="${CARGO_TARGET_DIR:-$repo/target}/release"
 out_dir="$repo/target/debian"
 version=""
 compress="xz"

@@ -76,7 +76,7 @@ if [ -n "${MESHGATE_BIN:-}" ]; then
 else
     command -v cargo >/dev/null || fail "cargo is not installed and MESHGATE_BIN is not set"
     (cd "$ROOT" && cargo build --release -p meshgate) || fail "cargo build --release -p meshgate"
-    BIN="$ROOT/target/release/meshgate"
+    BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/meshgate"
 fi
 [ -x "$BIN" ] || fail "no executable at $BIN"
 echo "using $BIN"
