@@ -519,3 +519,44 @@ fn once_leaves_out_peering_routes_it_cannot_read() {
         assert!(stderr.contains("peering watch failed"), "{stderr}");
     });
 }
+
+#[test]
+fn peer_server_host_names_are_resolved() {
+    run_bounded("peering-hostnames", LIMIT, || {
+        let dns = common::dns::DnsServer::start();
+        dns.set(
+            "servers.peer.test",
+            &[std::net::Ipv4Addr::new(127, 0, 0, 1)],
+        );
+        let dns_flag = dns.addr().to_string();
+        let w = World::start_with(
+            "peering-hostnames",
+            Config::default(),
+            &["--dns-server", &dns_flag, "--dns-refresh-ms", "300"],
+            &[],
+        );
+        let name = format!("server.dc1.peering.{TD_A}");
+        let servers = TlsBackend::start("peer-servers", &w.pki, &[&name]);
+        let port = servers.addr().port();
+        w.admin
+            .set_config_entry(json!({"Kind": "mesh", "Name": "mesh",
+                "Peering": {"PeerThroughMeshGateways": true}}))
+            .unwrap();
+        // A host name beside an IP: only the host name counts, as in Consul.
+        w.admin
+            .set_peering(PeeringSpec {
+                name: "cluster-a".into(),
+                peer_server_name: name.clone(),
+                peer_server_addresses: vec![
+                    "192.0.2.1:8503".into(),
+                    format!("servers.peer.test:{port}"),
+                ],
+                ..PeeringSpec::default()
+            })
+            .unwrap();
+        w.await_table("the peer's servers at the resolved address", |s| {
+            endpoints(s, &name) == Some(vec![(servers.addr().to_string(), 1)])
+        });
+        assert_eq!(w.dial(&name).unwrap().backend, "peer-servers");
+    });
+}
