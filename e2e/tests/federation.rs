@@ -28,7 +28,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use common::*;
-use consul_standin::{Admin, AdminOp, CheckStatus, Config, InstanceSpec};
+use consul_standin::{Admin, AdminOp, CheckStatus, Config};
 use meshgate_e2e::netns::{remove_stale, Netns};
 use meshgate_e2e::pki::{Identity, MeshCa, TlsFiles};
 use meshgate_e2e::wire;
@@ -118,19 +118,6 @@ fn federate(admin: &Admin, other: &str, gateways: &[(&str, &str, &str)]) {
     admin
         .set_reachable(other, false)
         .expect("the other datacenter unreachable");
-}
-
-/// The gateway's registration again, with the WAN federation meta (as
-/// `--expose-servers` registers it).
-fn expose_servers(admin: &Admin, id: &str, lan: &str, wan: &str) {
-    admin
-        .register(
-            InstanceSpec::mesh_gateway("mesh-gateway", lan, wan)
-                .with_id(id)
-                .on_node("standin", "127.0.0.1")
-                .with_meta("consul-wan-federation", "1"),
-        )
-        .expect("registration with the meta");
 }
 
 #[test]
@@ -236,20 +223,26 @@ fn federation() {
         partition: None,
         admin_ports: ports,
     };
-    let gw_a = Gateway::start(&dc1, dir, &spec(None, GW_A_LAN, GW_A_WAN, (19000, 19100)));
-    let gw_b = Gateway::start(
+    // Registered with the WAN federation meta `consul-wan-federation: "1"`.
+    let expose = ["--expose-servers"];
+    let gw_a = Gateway::start_with(
+        &dc1,
+        dir,
+        &spec(None, GW_A_LAN, GW_A_WAN, (19000, 19100)),
+        &expose,
+    );
+    let gw_b = Gateway::start_with(
         &dc1,
         dir,
         &spec(Some("mesh-gateway-b"), GW_B_LAN, GW_B_WAN, (19001, 19101)),
+        &expose,
     );
-    let gw2 = Gateway::start(
+    let gw2 = Gateway::start_with(
         &dc2,
         dir,
         &spec(None, DC2_GW_LAN, DC2_GW_WAN, (19000, 19100)),
+        &expose,
     );
-    expose_servers(&admin1, "mesh-gateway", GW_A_LAN, GW_A_WAN);
-    expose_servers(&admin1, "mesh-gateway-b", GW_B_LAN, GW_B_WAN);
-    expose_servers(&admin2, "mesh-gateway", DC2_GW_LAN, DC2_GW_WAN);
     stage(t0, "gateways up");
 
     let mut dc1_wan = vec![GW_A_WAN.to_owned(), GW_B_WAN.to_owned()];
