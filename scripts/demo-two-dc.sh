@@ -79,6 +79,7 @@ cleanup() {
     ip netns del "$NS1" 2>/dev/null || true
     ip netns del "$NS2" 2>/dev/null || true
     rm -rf "/etc/netns/$NS1"
+    rmdir /etc/netns 2>/dev/null || true
     if [ "$status" -ne 0 ]; then
         printf '\n-- logs kept in the failure output above; work dir %s removed --\n' "$WORK" >&2
         tail -n 5 "$WORK"/*.log >&2 2>/dev/null || true
