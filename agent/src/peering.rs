@@ -958,6 +958,10 @@ pub fn report(
     refused: &[Unservable],
     metrics: &crate::metrics::Metrics,
 ) {
+    // The gauge first: whoever reads the log line then finds it set.
+    metrics
+        .peering_unservable_exports
+        .store(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
     let now: BTreeSet<String> = refused
         .iter()
         .map(|u| format!("{}/{}", names_ns(&u.service.namespace), u.service.name))
@@ -975,9 +979,6 @@ pub fn report(
         );
     }
     *reported = now;
-    metrics
-        .peering_unservable_exports
-        .store(refused.len() as u64, std::sync::atomic::Ordering::Relaxed);
 }
 
 #[cfg(test)]

@@ -28,6 +28,8 @@ pub enum Resource {
     Mesh,
     /// `operator` (no name).
     Operator,
+    /// `peering` (no name).
+    Peering,
 }
 
 impl Resource {
@@ -38,6 +40,7 @@ impl Resource {
             Self::Agent => "agent",
             Self::Mesh => "mesh",
             Self::Operator => "operator",
+            Self::Peering => "peering",
         }
     }
 
@@ -108,6 +111,7 @@ impl Rule {
             "agent" => Resource::Agent,
             "mesh" => Resource::Mesh,
             "operator" => Resource::Operator,
+            "peering" => Resource::Peering,
             _ => return Err(bad()),
         };
         let access = match access {
@@ -311,7 +315,7 @@ impl Authz {
             Principal::Token { rules, .. } | Principal::Anonymous { rules } => rules,
         };
         let found = Self::level_from(rules, res, name).or_else(|| {
-            (res == Resource::Mesh)
+            matches!(res, Resource::Mesh | Resource::Peering)
                 .then(|| Self::level_from(rules, Resource::Operator, ""))
                 .flatten()
         });

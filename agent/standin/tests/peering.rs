@@ -201,3 +201,34 @@ fn a_peering_being_deleted_says_so_and_imports_nothing() {
     assert_eq!(p["ManualServerAddresses"], json!(["peer.example:8503"]));
     assert_eq!(p["State"], "ACTIVE");
 }
+
+#[test]
+fn peerings_need_peering_read() {
+    use consul_standin::{AclConfig, TokenSpec};
+    let s = start_with(|c| {
+        c.acl = AclConfig {
+            enabled: true,
+            default_allow: false,
+            tokens: vec![
+                TokenSpec::with_rules("gw", &["service_prefix::read", "node_prefix::read"]),
+                TokenSpec::with_rules("peer", &["peering:read"]),
+                TokenSpec::with_rules("op", &["operator:read"]),
+            ],
+            anonymous_rules: vec![],
+        }
+    });
+    let r = get(&s, "/v1/peerings?token=gw");
+    assert_eq!(r.status, 403);
+    assert!(
+        r.text().contains("lacks permission 'peering:read'"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(get(&s, "/v1/peering/x?token=gw").status, 403);
+    assert_eq!(get(&s, "/v1/peerings?token=peer").status, 200);
+    assert_eq!(
+        get(&s, "/v1/peerings?token=op").status,
+        200,
+        "operator covers peering"
+    );
+}

@@ -15,6 +15,17 @@ pub(crate) async fn query(
     path: &str,
 ) -> Option<Result<Reply, ApiError>> {
     let peer = opts.query.get("peer").to_owned();
+    if path == "/v1/peerings" || path.starts_with("/v1/peering/") {
+        // `peering:read` (falling back to `operator`), as Consul's endpoints.
+        let denied = preflight(shared, opts).and_then(|authz| {
+            authz
+                .require(crate::acl::Resource::Peering, "", crate::acl::Access::Read)
+                .map_err(ApiError::from)
+        });
+        if let Err(e) = denied {
+            return Some(Err(e));
+        }
+    }
     if path == "/v1/peerings" {
         return Some(run(shared, opts, |store, min| store.peerings(min)).await);
     }
