@@ -71,9 +71,14 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(count: u16, size: usize) -> Pool {
+    fn new(count: u16, size: usize, prefault: bool) -> Pool {
+        let len = usize::from(count) * size;
         Pool {
-            memory: crate::uring::prefaulted(usize::from(count) * size),
+            memory: if prefault {
+                crate::uring::prefaulted(len)
+            } else {
+                crate::uring::prefaulted_heads(count, size)
+            },
             size,
             free: (0..count).rev().collect(),
         }
@@ -115,8 +120,9 @@ impl Epoll {
             fds: Vec::with_capacity(nofile_limit().min(MAX_RESERVED_FDS)),
             ready: Vec::new(),
             connect_deadlines: BinaryHeap::new(),
-            peek: Pool::new(cfg.peek_buffers, crate::hello::MAX_HELLO_BYTES),
-            io: (cfg.io_buffers > 0).then(|| Pool::new(cfg.io_buffers, cfg.io_buffer_size)),
+            peek: Pool::new(cfg.peek_buffers, crate::hello::MAX_HELLO_BYTES, true),
+            io: (cfg.io_buffers > 0)
+                .then(|| Pool::new(cfg.io_buffers, cfg.io_buffer_size, cfg.prefault_io)),
             events: vec![libc::epoll_event { events: 0, u64: 0 }; 1024],
         })
     }

@@ -259,6 +259,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             0
         },
         io_buffer_size: args.copy_buffer_size,
+        prefault_io: args.forward == ForwardMode::Copy,
     };
     let engine = choose_engine(args.engine)?;
     // Ring splice needs io_uring; on epoll the same pipes are driven by

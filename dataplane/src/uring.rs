@@ -42,6 +42,12 @@ pub struct UringConfig {
     pub io_buffers: u16,
     /// Size of each copy-engine buffer in bytes.
     pub io_buffer_size: usize,
+    /// Touch every page of the copy-engine buffers at start, so that memory
+    /// use is fixed from the start (copy); otherwise only the page each
+    /// buffer starts in, the one a small message fills (adaptive: a
+    /// direction that streams splices, so the rest of a buffer becomes
+    /// resident only while a stream's first bytes are copied).
+    pub prefault_io: bool,
 }
 
 /// Most io-wq workers for unbounded work (socket splices) per ring. Ring
@@ -87,6 +93,7 @@ impl Uring {
             Group::Peek as u16,
             cfg.peek_buffers,
             crate::hello::MAX_HELLO_BYTES,
+            true,
         )?;
         let io = if cfg.io_buffers > 0 {
             Some(BufRing::new(
@@ -94,6 +101,7 @@ impl Uring {
                 Group::Io as u16,
                 cfg.io_buffers,
                 cfg.io_buffer_size,
+                cfg.prefault_io,
             )?)
         } else {
             None
@@ -421,6 +429,18 @@ pub(crate) fn prefaulted(len: usize) -> Box<[u8]> {
     memory
 }
 
+/// Zeroed memory for `count` buffers of `size` bytes, of which only the page
+/// each buffer starts in is touched now; the rest becomes resident when
+/// first written.
+pub(crate) fn prefaulted_heads(count: u16, size: usize) -> Box<[u8]> {
+    let mut memory = vec![0u8; usize::from(count) * size].into_boxed_slice();
+    for buffer in memory.chunks_mut(size.max(1)) {
+        // SAFETY: `buffer` is a live, non-empty slice; as in `prefaulted`.
+        unsafe { std::ptr::write_volatile(buffer.as_mut_ptr(), 0) };
+    }
+    memory
+}
+
 /// A provided-buffer ring: `count` buffers of `size` bytes that the kernel
 /// picks from when a buffer-selecting receive has data.
 struct BufRing {
@@ -433,7 +453,13 @@ struct BufRing {
 }
 
 impl BufRing {
-    fn new(ring: &IoUring, group: u16, count: u16, size: usize) -> io::Result<BufRing> {
+    fn new(
+        ring: &IoUring,
+        group: u16,
+        count: u16,
+        size: usize,
+        prefault: bool,
+    ) -> io::Result<BufRing> {
         assert!(
             count.is_power_of_two(),
             "buffer count must be a power of two"
@@ -448,7 +474,11 @@ impl BufRing {
         if entries.is_null() {
             return Err(io::Error::from(io::ErrorKind::OutOfMemory));
         }
-        let memory = prefaulted(usize::from(count) * size);
+        let memory = if prefault {
+            prefaulted(usize::from(count) * size)
+        } else {
+            prefaulted_heads(count, size)
+        };
         let mut this = BufRing {
             entries,
             entries_layout,
