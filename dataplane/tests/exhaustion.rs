@@ -20,6 +20,10 @@
 //!   while no pipe can be created waits (nothing is lost, nothing is closed), the gateway
 //!   says so once (`cannot create a pipe`) and counts it (`meshgate_pipe_errors_total`),
 //!   does not spin, and delivers the bytes as soon as two descriptors free up.
+//! - [`adaptive_copies_without_pipes`] (`adaptive`, io_uring and epoll): a direction that
+//!   starts streaming while no pipe can be created goes on copying instead of waiting:
+//!   a 1 MiB burst is echoed whole with every descriptor in use, counted as a switch to
+//!   splice and one back to copy, and as a pipe error.
 //!
 //! Skips (naming why) when `prlimit(1)` is missing.
 
@@ -428,3 +432,70 @@ macro_rules! pipe_tests {
     };
 }
 pipe_tests!(splice: Splice, epoll_splice: EpollSplice, ring_splice: RingSplice);
+
+fn adaptive_copies_without_pipes(forward: Forward) {
+    if !prlimit_available("adaptive_copies_without_pipes") {
+        return;
+    }
+    let backend = RawBackend::start("a", "127.0.0.1:0", RawMode::Echo).unwrap();
+    let (gw, _routes, name) = start(forward, &backend);
+    let hello = client_hello(Some(&name), 0);
+    let admin = gw.admin_addr();
+    let stdio_pipes = pipes(&gw);
+    let mut conn = routed(gw.addr(), &hello, "held connection");
+    wait_no_pipes(&gw, stdio_pipes);
+    let silent = use_up_descriptors(&gw, NOFILE);
+
+    // A burst: each direction moves to splice after a few full buffers, finds no pipe,
+    // and copies the rest.
+    let burst = Pattern::bytes(9, 1 << 20);
+    let mut writer = conn.try_clone().unwrap();
+    let sent = burst.clone();
+    let sender = std::thread::spawn(move || writer.write_all(&sent));
+    assert_eq!(
+        read_exactly(
+            &mut conn,
+            burst.len(),
+            "the burst, echoed with no pipe to be had"
+        ),
+        burst,
+        "the burst arrived changed"
+    );
+    sender.join().unwrap().expect("write the burst");
+    // The admin listener needs a descriptor too.
+    drop(silent);
+    let m = Metrics::read(admin);
+    let (to_splice, to_copy, errors) = (
+        m.get("meshgate_direction_switches_total{to=\"splice\"}"),
+        m.get("meshgate_direction_switches_total{to=\"copy\"}"),
+        m.get("meshgate_pipe_errors_total"),
+    );
+    eprintln!("{forward:?}: {to_splice} to splice, {to_copy} to copy, {errors} pipe errors");
+    assert!(
+        to_splice >= 1 && to_copy >= 1 && errors >= 1,
+        "expected a switch to splice, a fall back to copy and a pipe error: {to_splice}, {to_copy}, {errors}"
+    );
+    gw.assert_running();
+}
+
+mod adaptive_copies_without_pipes {
+    use super::{Duration, Forward};
+
+    #[test]
+    fn adaptive() {
+        crate::common::run_bounded(
+            "adaptive_copies_without_pipes::adaptive",
+            Duration::from_secs(120),
+            || super::adaptive_copies_without_pipes(Forward::Adaptive),
+        );
+    }
+
+    #[test]
+    fn epoll_adaptive() {
+        crate::common::run_bounded(
+            "adaptive_copies_without_pipes::epoll_adaptive",
+            Duration::from_secs(120),
+            || super::adaptive_copies_without_pipes(Forward::EpollAdaptive),
+        );
+    }
+}
