@@ -145,8 +145,8 @@ pub struct ServeArgs {
     /// poll; io_uring only, runs as `splice` on epoll), `copy` (ring
     /// recv/send through provided buffers) or `adaptive` (each direction
     /// copies while its messages are small and splices while it streams;
-    /// the default: the lowest or within a few per cent of the lowest host
-    /// CPU on bulk, request/response and churn).
+    /// the default: within 9 % of the lowest host CPU on bulk,
+    /// request/response and churn, see BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "adaptive")]
     pub forward: ForwardMode,
 
