@@ -485,6 +485,7 @@ case_args() { # case -> meshgate-bench arguments
 
 failures=0
 own_failures=()
+declare -A baseline_status=()
 run_one() { # target case rep
   local t="$1" c="$2" r="$3" where=() json rc=0 args
   read -r -a args <<<"$(case_args "$c")"
@@ -497,12 +498,22 @@ run_one() { # target case rep
     printf '{"kind":"run","target":"%s","case":"%s","rep":%d,"exit":%d,"result":null}\n' "$t" "$c" "$r" "$rc" >>"$results"
   fi
   local status; status="$(grep -o '"status":"[a-z]*"' <<<"$json" | head -n 1 | cut -d'"' -f4)"
+  if [ "$t" = no-proxy ]; then baseline_status["$c $r"]="${status:-none}"; fi
   if [ "$status" != ok ]; then
     failures=$((failures + 1))
-    case "$t" in no-proxy|floor|meshgate-*|pipe-*) own_failures+=("$c $t rep $r: ${status:-no result (exit $rc)}") ;; esac
+    case "$t" in no-proxy|floor|meshgate-*|pipe-*) own_failures+=("$c|$r|$t|${status:-no result (exit $rc)}") ;; esac
   fi
   log "rep $r $c $t: ${status:-no result (exit $rc)}"
 }
+
+# Connections a previous run (or a test suite) left in TIME_WAIT hold
+# ephemeral ports for 60 s; wait, at most 90 s, until most are gone.
+for _ in $(seq 1 90); do
+  tw="$(ss -tan state time-wait 2>/dev/null | tail -n +2 | wc -l)"
+  [ "${tw:-0}" -lt 20000 ] && break
+  [ "${waited_tw:-0}" = 1 ] || { log "waiting for $tw connections in TIME_WAIT to expire"; waited_tw=1; }
+  sleep 1
+done
 
 cases=(bulk-download bulk-upload cps rr rr-rate idle)
 running=()
@@ -601,7 +612,21 @@ else
 fi
 mv "$out.tmp" "$out"
 log "wrote $out and charts in $charts ($((elapsed / 60)) min $((elapsed % 60)) s of runs; $failures run(s) not ok)"
-if [ "${#own_failures[@]}" -gt 0 ]; then
-  printf 'bench.sh: a meshgate or no-proxy run was not clean: %s\n' "${own_failures[@]}" >&2
+# A run that was not clean fails the script when it is meshgate's (or the
+# floor's, or no proxy's). With --quick (a smoke check on a host that may be
+# busy with other work, as CI's is right after the tests), a case in which
+# no proxy itself was not clean in the same repetition says the host could
+# not carry the load then: it is reported, not failed.
+blamed=()
+for f in "${own_failures[@]}"; do
+  IFS='|' read -r c r t why <<<"$f"
+  if [ "$quick" = 1 ] && [ "${baseline_status["$c $r"]:-ok}" != ok ]; then
+    printf 'bench.sh: %s %s rep %s: %s, but no proxy was not clean either in that case (host busy): not counted\n' "$c" "$t" "$r" "$why" >&2
+  else
+    blamed+=("$c $t rep $r: $why")
+  fi
+done
+if [ "${#blamed[@]}" -gt 0 ]; then
+  printf 'bench.sh: a meshgate or no-proxy run was not clean: %s\n' "${blamed[@]}" >&2
   exit 1
 fi
