@@ -265,28 +265,7 @@ fn federation() {
     });
     stage(t0, "tables in place");
 
-    let pcap = dir.join("wan.pcap");
-    let tcpdump = spawn_in(
-        &dc2,
-        "tcpdump",
-        Path::new("tcpdump"),
-        &[
-            "-i",
-            "wan",
-            "-n",
-            "-s",
-            "0",
-            "-U",
-            "--immediate-mode",
-            "-w",
-            pcap.to_str().unwrap(),
-            "tcp",
-        ],
-        &[],
-    );
-    wait_line(&tcpdump, "tcpdump listening", |l| {
-        l.contains("listening on")
-    });
+    let (tcpdump, pcap) = capture_wan(&dc2, dir);
 
     // dc2 -> dc1 by node name and by any server; dc1 -> dc2 back.
     dial_ok(

@@ -388,28 +388,7 @@ fn peering(envoy: PathBuf) {
     stage(t0, "tables in place");
 
     // Capture the gateways' network from here on.
-    let pcap = dir.join("wan.pcap");
-    let tcpdump = spawn_in(
-        &b,
-        "tcpdump",
-        Path::new("tcpdump"),
-        &[
-            "-i",
-            "wan",
-            "-n",
-            "-s",
-            "0",
-            "-U",
-            "--immediate-mode",
-            "-w",
-            pcap.to_str().unwrap(),
-            "tcp",
-        ],
-        &[],
-    );
-    wait_line(&tcpdump, "tcpdump listening", |l| {
-        l.contains("listening on")
-    });
+    let (tcpdump, pcap) = capture_wan(&b, dir);
 
     // web's Envoy (local mode) → B's gateway → A's gateway → api's Envoy.
     let web_bind: std::net::SocketAddr = "127.0.0.1:9191".parse().unwrap();

@@ -26,7 +26,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -340,28 +340,7 @@ fn two_dc(envoy: PathBuf) {
     );
 
     // Capture the WAN segment from here on.
-    let pcap = dir.join("wan.pcap");
-    let tcpdump = spawn_in(
-        &dc2,
-        "tcpdump",
-        Path::new("tcpdump"),
-        &[
-            "-i",
-            "wan",
-            "-n",
-            "-s",
-            "0",
-            "-U",
-            "--immediate-mode",
-            "-w",
-            pcap.to_str().unwrap(),
-            "tcp",
-        ],
-        &[],
-    );
-    wait_line(&tcpdump, "tcpdump listening", |l| {
-        l.contains("listening on")
-    });
+    let (tcpdump, pcap) = capture_wan(&dc2, dir);
 
     stage(t0, "capture running");
     // Mode local: web's Envoy → dc2's gateway (LAN) → a dc1 gateway (WAN)

@@ -123,6 +123,35 @@ pub fn wait_line(child: &Child, what: &str, pred: impl FnMut(&str) -> bool) -> S
         .unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
+/// Starts tcpdump on interface `wan` of `ns`, writing every TCP packet to
+/// `<dir>/wan.pcap`, and waits until it listens; returns it and the file.
+#[allow(dead_code)] // Not every test binary captures.
+pub fn capture_wan(ns: &Netns, dir: &Path) -> (Child, PathBuf) {
+    let pcap = dir.join("wan.pcap");
+    let tcpdump = spawn_in(
+        ns,
+        "tcpdump",
+        Path::new("tcpdump"),
+        &[
+            "-i",
+            "wan",
+            "-n",
+            "-s",
+            "0",
+            "-U",
+            "--immediate-mode",
+            "-w",
+            pcap.to_str().unwrap(),
+            "tcp",
+        ],
+        &[],
+    );
+    wait_line(&tcpdump, "tcpdump listening", |l| {
+        l.contains("listening on")
+    });
+    (tcpdump, pcap)
+}
+
 /// A `mesh-sidecar` server process (echo or mutual-TLS), ready.
 pub fn sidecar_server(ns: &Netns, name: &str, args: &[&str]) -> Child {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_mesh-sidecar"));
