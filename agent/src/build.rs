@@ -400,13 +400,14 @@ fn normal_partition(p: &str) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::consul::{HealthCheck, Node, NodeService, ResolverSubset, ServiceAddress, Weights};
 
     const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
-    fn instance(id: &str, addr: &str, port: u16, status: &str) -> CheckServiceNode {
+    /// A connect-proxy instance of `id` on node `node-<id>` with one check.
+    pub(crate) fn instance(id: &str, addr: &str, port: u16, status: &str) -> CheckServiceNode {
         CheckServiceNode {
             node: Node {
                 node: format!("node-{id}"),

@@ -984,36 +984,14 @@ pub fn report(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::consul::{
-        HealthCheck, Node, NodeService, ResolverRedirect, ResolverSubset, ServiceAddress,
-    };
+    use crate::consul::{ResolverRedirect, ResolverSubset, ServiceAddress};
     use routing_table::{EndpointSpec, Snapshot};
 
     const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
     const PEER_TD: &str = "99999999-2222-3333-4444-555555555555.consul";
 
     fn instance(id: &str, addr: &str, port: u16) -> CheckServiceNode {
-        CheckServiceNode {
-            node: Node {
-                node: format!("node-{id}"),
-                address: "10.9.9.9".into(),
-                datacenter: "dc1".into(),
-                ..Node::default()
-            },
-            service: NodeService {
-                id: id.into(),
-                service: format!("{id}-sidecar-proxy"),
-                kind: "connect-proxy".into(),
-                address: addr.into(),
-                port,
-                ..NodeService::default()
-            },
-            checks: vec![HealthCheck {
-                check_id: "c".into(),
-                status: "passing".into(),
-                service_id: id.into(),
-            }],
-        }
+        crate::build::tests::instance(id, addr, port, "passing")
     }
 
     fn key(name: &str) -> ServiceKey {
