@@ -6,7 +6,7 @@
 #
 #   scripts/bench.sh [--quick] [--out FILE] [--charts DIR] [--reps N]
 #                    [--rate R] [--apply-preset NAME] [--targets a,b,...]
-#                    [--cases a,b,...] [--no-install]
+#                    [--cases a,b,...] [--variant NAME=ARGS]... [--no-install]
 #
 #   --quick               one short repetition of every mode, no pipe-size sweep,
 #                         debug builds (a smoke check, run by CI; its figures mean
@@ -25,6 +25,10 @@
 #   --cases LIST          only these cases: bulk-download, bulk-upload, cps,
 #                         rr, rr-rate (paced), idle (the pipe-size sweep runs
 #                         only with every case and every target)
+#   --variant NAME=ARGS   one more target, meshgate-NAME: meshgate serve with
+#                         these flags added (--shards N in them replaces the
+#                         default); repeatable, for trying a setting beside the
+#                         default in one interleaved run
 #   --no-install          install nothing; peers that are missing are skipped
 #
 # Targets: no proxy (clients to the backend directly), the floor forwarder
@@ -50,6 +54,8 @@ cd "$root"
 invocation="scripts/bench.sh${*:+ $*}"
 
 quick=0 out="" charts="" reps="" preset="" only="" only_cases="" install=1 rate=16000
+declare -A variant_args=()
+variant_names=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -60,8 +66,11 @@ while [ $# -gt 0 ]; do
     --targets) only="$2"; shift ;;
     --cases) only_cases="$2"; shift ;;
     --no-install) install=0 ;;
+    --variant)
+      case "$2" in [a-z0-9]*=*) ;; *) echo "bench.sh: --variant $2: expected NAME=ARGS" >&2; exit 64 ;; esac
+      variant_args["${2%%=*}"]="${2#*=}"; variant_names+=("${2%%=*}"); shift ;;
     --rate) rate="$2"; shift ;;
-    -h|--help) sed -n '2,46p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,50p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "bench.sh: unknown argument '$1' (see --help)" >&2; exit 64 ;;
   esac
   shift
@@ -208,6 +217,8 @@ if [ -n "$only" ]; then
   done
   targets=("${kept[@]}")
 fi
+# Every --variant runs, after the targets --targets kept.
+for v in "${variant_names[@]}"; do targets+=("meshgate-$v"); done
 
 declare -A port=() pid=() desc=()
 next_port=18441
@@ -421,12 +432,17 @@ start_target() {
       case "$t" in
         meshgate) extra=() ;;
         meshgate-epoll) extra=(--engine epoll) ;;
-        meshgate-*) extra=(--forward "${t#meshgate-}") ;;
         pipe-*) extra=(--forward splice --pipe-size "${t#pipe-}") ;;
+        *) if [ -n "${variant_args[${t#meshgate-}]+x}" ]; then
+             read -r -a extra <<<"${variant_args[${t#meshgate-}]}"
+           else
+             extra=(--forward "${t#meshgate-}")
+           fi ;;
       esac
-      "$meshgate" serve --listen "$ip:$p" --routes "$d/routes.toml" --shards "$shards" \
+      [[ " ${extra[*]} " == *" --shards "* ]] || extra=(--shards "$shards" "${extra[@]}")
+      "$meshgate" serve --listen "$ip:$p" --routes "$d/routes.toml" \
         --admin none --drain-timeout-secs 1 "${extra[@]}" >"$l" 2>&1 &
-      desc[$t]="meshgate${extra[*]:+ ${extra[*]}} --shards $shards"
+      desc[$t]="meshgate ${extra[*]}"
       case "$t" in meshgate|meshgate-epoll) desc[$t]+=" (--forward ${default_forward:-?}, the default)" ;; esac
       ;;
     envoy)
@@ -461,7 +477,10 @@ start_target() {
     stop_target "$t"
     return 1
   fi
-  case "$t" in meshgate*|pipe-*) desc[$t]+="; --pin ${default_pin:-?} (the default): $(shard_cpus "${pid[$t]}")" ;; esac
+  case "$t" in meshgate*|pipe-*)
+    [[ " ${desc[$t]} " == *" --pin "* ]] || desc[$t]+="; --pin ${default_pin:-?} (the default)"
+    desc[$t]+=": $(shard_cpus "${pid[$t]}")" ;;
+  esac
 }
 
 # Where a meshgate's shard threads may run, from their affinity: whether
@@ -473,8 +492,9 @@ shard_cpus() { # pid
     lists+=("$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' "$(dirname "$f")/status")")
   done
   [ "${#lists[@]}" -gt 0 ] || { echo "shard threads not found"; return 0; }
-  if [ "$(printf '%s\n' "${lists[@]}" | sort -u | wc -l)" = 1 ] && [ "${#lists[@]}" -gt 1 ]; then
-    echo "shards not pinned (each may run on CPUs ${lists[0]})"
+  local all; all="$(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/"$1"/status)"
+  if [ "$(printf '%s\n' "${lists[@]}" | sort -u)" = "$all" ]; then
+    echo "shards not pinned (each may run on CPUs $all)"
   else
     echo "shards on CPUs $(IFS=' '; echo "${lists[*]}")"
   fi
