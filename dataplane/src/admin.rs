@@ -275,6 +275,23 @@ pub fn metrics(state: &AdminState) -> String {
             sum(f)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_copy_receives_total Copy engine: receives submitted (multishot: one per run of messages).\n# TYPE meshgate_copy_receives_total counter\nmeshgate_copy_receives_total {}\n# HELP meshgate_copy_receive_completions_total Copy engine: receive completions.\n# TYPE meshgate_copy_receive_completions_total counter\nmeshgate_copy_receive_completions_total {}",
+        sum(|s| s.copy_receives.get()),
+        sum(|s| s.copy_receive_completions.get())
+    );
+    let _ = writeln!(
+        out,
+        "# HELP meshgate_copy_buffers_held Copy engine: buffers held by connection directions, per shard.\n# TYPE meshgate_copy_buffers_held gauge"
+    );
+    for (i, s) in state.shards.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "meshgate_copy_buffers_held{{shard=\"{i}\"}} {}",
+            s.copy_buffers_held.get()
+        );
+    }
     if let Some(log) = &state.access_log {
         let _ = writeln!(
             out,

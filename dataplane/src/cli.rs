@@ -95,6 +95,26 @@ pub enum Engine {
     Epoll,
 }
 
+/// How a copying direction receives on io_uring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RecvMode {
+    /// One receive submitted per message.
+    Single,
+    /// One multishot receive delivers messages until it ends (Linux 6.0
+    /// or later).
+    Multishot,
+}
+
+impl RecvMode {
+    /// Name as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            RecvMode::Single => "single",
+            RecvMode::Multishot => "multishot",
+        }
+    }
+}
+
 /// Whether shards are pinned to CPUs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pin {
@@ -149,6 +169,15 @@ pub struct ServeArgs {
     /// request/response and churn, see BENCHMARKS.md).
     #[arg(long, value_enum, default_value = "adaptive")]
     pub forward: ForwardMode,
+
+    /// How copying directions (`--forward copy`, and `adaptive` while it
+    /// copies) receive on io_uring: `single` (one receive submitted per
+    /// message; the default) or `multishot` (one submission keeps
+    /// delivering messages, each into a buffer of its own, until the
+    /// direction holds 4 buffers its destination has not taken yet; Linux
+    /// 6.0 or later). The epoll engine always receives once per message.
+    #[arg(long, value_enum, default_value = "single")]
+    pub recv: RecvMode,
 
     /// Kernel interface for the shards: `uring`, `epoll`, or `auto` (io_uring,
     /// falling back to epoll with one log line when the kernel refuses it).

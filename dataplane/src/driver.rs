@@ -161,6 +161,25 @@ pub trait Driver {
     /// Receives into a buffer chosen from `group` when data arrives. With
     /// `peek`, nothing is consumed from the socket.
     fn recv(&mut self, token: Token, fd: RawFd, group: Group, peek: bool);
+    /// Receives into buffers chosen from `group` as data arrives, for a
+    /// forwarding direction. An engine may keep the receive going after its
+    /// first completion (a multishot receive, `--recv multishot`): each
+    /// completion then carries one buffer and [`Completion::more`], until a
+    /// final one without it (EOF, an error, `-ENOBUFS` when the group ran
+    /// out, `-ECANCELED` after [`Driver::cancel`]). By default one receive,
+    /// one completion.
+    fn recv_stream(&mut self, token: Token, fd: RawFd, group: Group) {
+        self.recv(token, fd, group, false);
+    }
+    /// Asks the engine to end the operation requested under `target` early;
+    /// produces one completion for `token`, and `target` ends with a final
+    /// completion (`-ECANCELED`, or whatever ended it first). Only called
+    /// for an operation that has reported [`Completion::more`]: an engine
+    /// whose operations all complete once never receives the call.
+    fn cancel(&mut self, token: Token, target: Token) {
+        let _ = (token, target);
+        unreachable!("cancel of an operation that never reported more");
+    }
     /// Sends `len` bytes of buffer `buffer` of `group`, starting at `offset`.
     fn send(&mut self, token: Token, fd: RawFd, group: Group, buffer: u16, offset: u32, len: u32);
     /// Connects `fd` to `addr`; gives up after `timeout`. Produces one
@@ -215,6 +234,12 @@ pub trait Driver {
     /// Bytes each buffer of `group` holds (0 when the group has none): a
     /// receive that returns this many filled its buffer.
     fn buffer_size(&self, group: Group) -> usize;
+    /// How many buffers `group` has; 0 by default (an engine whose receives
+    /// all complete once: no direction ever holds more than one).
+    fn buffer_count(&self, group: Group) -> usize {
+        let _ = group;
+        0
+    }
     /// Gives a buffer back to its group.
     fn recycle(&mut self, group: Group, buffer: u16);
     /// Submits what was requested and waits up to `timeout` (forever if

@@ -15,7 +15,13 @@
 //!   source turns readable and given back once drained.
 //! - **copy**: a ring `recv` that takes a provided buffer when data arrives,
 //!   then a ring `send` of that buffer; the buffer goes back to the ring once
-//!   fully sent. An idle direction holds no buffer.
+//!   fully sent. An idle direction holds no buffer. With `--recv multishot`
+//!   (io_uring) the receive is multishot: one submission keeps delivering
+//!   buffers while earlier ones are sent; they queue behind the one being
+//!   sent ([`BufferQueue`]) and go out in order. Once a direction holds
+//!   [`MULTISHOT_MAX_HELD`] buffers (its destination is slower than its
+//!   source) its receive is cancelled, and armed again only when every held
+//!   byte is sent.
 //!
 //! - **adaptive**: each direction of each connection starts on copy (one
 //!   ring completion per message each way, the cheapest for small
@@ -34,10 +40,14 @@
 //!   into the destination (`TCP_INFO`), so nothing still queued in the
 //!   kernel is cut off.
 //!
-//! Every way, a direction has at most one operation in flight (ring-splice:
-//! one linked poll-and-splice chain), so a slow destination stops reads from
-//! its source: memory per connection is bounded by one pipe or one buffer per
-//! direction.
+//! Every way but multishot copy, a direction has at most one operation in
+//! flight (ring-splice: one linked poll-and-splice chain), so a slow
+//! destination stops reads from its source: memory per connection is bounded
+//! by one pipe or one buffer per direction. A multishot copying direction has
+//! at most its receive and one send in flight, and holds at most
+//! [`MULTISHOT_MAX_HELD`] buffers plus what the kernel delivered in the
+//! receive's last run before the cancellation took effect (it runs a
+//! receive at most 32 times in a row).
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
@@ -104,6 +114,11 @@ pub const STREAM_READS: u8 = 4;
 /// stream ended and messages are small again).
 pub const QUIET_READS: u8 = 4;
 
+/// Multishot copy: a direction whose receive has delivered this many buffers
+/// not yet sent (its destination is slower than its source) cancels the
+/// receive, and arms it again once every held byte is sent.
+pub const MULTISHOT_MAX_HELD: u16 = 4;
+
 /// Adaptive engine: which way a direction moved, for the switch counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Switch {
@@ -131,6 +146,9 @@ pub enum Step {
     /// Ring-splice: the shard holds [`RING_SPLICE_MAX_PIPES`] pipes; retry
     /// when one comes back (not a shortage: those pipes are in flight).
     PipeLimit,
+    /// Multishot copy: nothing to request; an operation in flight brings
+    /// the next completion.
+    Wait,
     /// The source failed (reset, error).
     SourceFailed,
     /// The destination failed (reset, error).
@@ -153,6 +171,50 @@ pub const SMALL_FILL: usize = 16 * 1024;
 /// ready direction; past this, directions wait for a pipe to come back.
 pub const RING_SPLICE_MAX_PIPES: usize = 256;
 
+/// A copying direction's receive.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Recv {
+    /// None in flight.
+    #[default]
+    Idle,
+    /// In flight; a multishot one may deliver several buffers.
+    Armed,
+    /// A multishot receive being cancelled: it may still deliver buffers
+    /// before its final completion.
+    Stopping,
+}
+
+/// Per shard: the copy buffers directions hold queued behind the one they
+/// send (a multishot receive delivers buffers before earlier ones are
+/// sent), linked by buffer id. Sized at shard start by the buffer group;
+/// also counts every buffer a direction holds, for the gauge.
+#[derive(Debug)]
+pub struct BufferQueue {
+    /// Per buffer id: the next queued buffer of the same direction.
+    next: Box<[u16]>,
+    /// Per buffer id: the bytes it holds.
+    len: Box<[u32]>,
+    /// Buffers held by directions (being sent or queued).
+    held: usize,
+}
+
+impl BufferQueue {
+    /// A queue for a group of `count` buffers (0 when receives never deliver
+    /// more than one buffer at a time).
+    pub fn new(count: usize) -> BufferQueue {
+        BufferQueue {
+            next: vec![0; count].into_boxed_slice(),
+            len: vec![0; count].into_boxed_slice(),
+            held: 0,
+        }
+    }
+
+    /// Buffers held by directions now.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+}
+
 /// One direction's state.
 #[derive(Debug, Default)]
 pub struct Dir {
@@ -162,6 +224,18 @@ pub struct Dir {
     in_pipe: usize,
     /// Copy engine: (buffer id, offset, bytes left to send).
     held: Option<(u16, u32, u32)>,
+    /// Multishot copy: buffers received behind `held`, in [`BufferQueue`]
+    /// (first, last), and how many.
+    queued: Option<(u16, u16)>,
+    queued_count: u16,
+    /// Copy engine: the receive on the source.
+    recv: Recv,
+    /// Multishot copy: the receive should be cancelled (taken by
+    /// [`Dir::take_stop`]).
+    stop: bool,
+    /// Multishot copy: the source's EOF arrived while buffers were held; it
+    /// is passed on once they are sent.
+    eof: bool,
     done: bool,
     /// Sockmap engine: the source's FIN arrived.
     pub hangup: bool,
@@ -184,6 +258,22 @@ impl Dir {
     /// bytes. Otherwise it waits on its source, or is done.
     pub fn is_writing(&self) -> bool {
         self.held.is_some() || self.in_pipe > 0
+    }
+
+    /// True while a receive on the source is in flight; with
+    /// [`Dir::is_writing`], a multishot copying direction may have both.
+    pub fn is_reading(&self) -> bool {
+        self.recv != Recv::Idle
+    }
+
+    /// Copy engine: a receive on the source was requested.
+    pub fn armed(&mut self) {
+        self.recv = Recv::Armed;
+    }
+
+    /// Multishot copy: true once when the receive should be cancelled now.
+    pub fn take_stop(&mut self) -> bool {
+        std::mem::take(&mut self.stop)
     }
 
     /// Marks the direction finished.
@@ -211,7 +301,13 @@ impl Dir {
         } else {
             (STREAM_READS, Switch::ToSplice)
         };
-        if self.streak < limit || self.held.is_some() || self.in_pipe > 0 || self.pipe.is_some() {
+        if self.streak < limit
+            || self.held.is_some()
+            || self.queued.is_some()
+            || self.recv != Recv::Idle
+            || self.in_pipe > 0
+            || self.pipe.is_some()
+        {
             return None;
         }
         self.splicing = !self.splicing;
@@ -387,25 +483,18 @@ impl Dir {
     }
 
     /// Copy engine: handles a receive (`is_read`) or send completion.
-    pub fn on_copy<D: Driver>(&mut self, driver: &mut D, is_read: bool, c: Completion) -> Step {
+    /// `adaptive`: the direction would move to splice once it streams, so a
+    /// multishot receive is stopped when it does.
+    pub fn on_copy<D: Driver>(
+        &mut self,
+        driver: &mut D,
+        queue: &mut BufferQueue,
+        is_read: bool,
+        c: Completion,
+        adaptive: bool,
+    ) -> Step {
         if is_read {
-            return match (c.result, c.buffer) {
-                (n, Some(bid)) if n > 0 => {
-                    self.note_read(n as usize >= driver.buffer_size(Group::Io));
-                    self.held = Some((bid, 0, n as u32));
-                    Step::Write
-                }
-                (n, buffer) => {
-                    if let Some(bid) = buffer {
-                        driver.recycle(Group::Io, bid);
-                    }
-                    match n {
-                        0 => Step::Eof,
-                        n if n == -libc::ENOBUFS => Step::Starved,
-                        _ => Step::SourceFailed,
-                    }
-                }
-            };
+            return self.on_copy_recv(driver, queue, c, adaptive);
         }
         let Some((bid, offset, left)) = self.held else {
             return Step::DestinationFailed;
@@ -416,15 +505,101 @@ impl Dir {
                 self.bytes += u64::from(n);
                 if n < left {
                     self.held = Some((bid, offset + n, left - n));
+                    return Step::Write;
+                }
+                driver.recycle(Group::Io, bid);
+                queue.held -= 1;
+                self.held = self.pop(queue);
+                if self.held.is_some() {
                     Step::Write
+                } else if self.recv != Recv::Idle {
+                    Step::Wait
+                } else if self.eof {
+                    Step::Eof
                 } else {
-                    self.held = None;
-                    driver.recycle(Group::Io, bid);
                     Step::Read
                 }
             }
             _ => Step::DestinationFailed,
         }
+    }
+
+    fn on_copy_recv<D: Driver>(
+        &mut self,
+        driver: &mut D,
+        queue: &mut BufferQueue,
+        c: Completion,
+        adaptive: bool,
+    ) -> Step {
+        if !c.more {
+            self.recv = Recv::Idle;
+        }
+        let holding = self.held.is_some();
+        match (c.result, c.buffer) {
+            (n, Some(bid)) if n > 0 => {
+                let n = n as u32;
+                self.note_read(n as usize >= driver.buffer_size(Group::Io));
+                queue.held += 1;
+                let step = if holding {
+                    self.push(queue, bid, n);
+                    Step::Wait
+                } else {
+                    self.held = Some((bid, 0, n));
+                    Step::Write
+                };
+                // A destination slower than the source, or (adaptive) a
+                // direction that streams and will splice: stop receiving.
+                let held = 1 + self.queued_count;
+                if self.recv == Recv::Armed
+                    && (held >= MULTISHOT_MAX_HELD || adaptive && self.streak >= STREAM_READS)
+                {
+                    self.recv = Recv::Stopping;
+                    self.stop = true;
+                }
+                step
+            }
+            (n, buffer) => {
+                if let Some(bid) = buffer {
+                    driver.recycle(Group::Io, bid);
+                }
+                match n {
+                    // The FIN: passed on after the held bytes.
+                    0 if holding => {
+                        self.eof = true;
+                        Step::Wait
+                    }
+                    0 => Step::Eof,
+                    // Out of buffers, or stopped: armed again once the held
+                    // bytes are sent.
+                    n if (n == -libc::ENOBUFS || n == -libc::ECANCELED) && holding => Step::Wait,
+                    n if n == -libc::ENOBUFS => Step::Starved,
+                    n if n == -libc::ECANCELED => Step::Read,
+                    _ => Step::SourceFailed,
+                }
+            }
+        }
+    }
+
+    /// Queues buffer `bid` (`len` bytes) behind those the direction holds.
+    fn push(&mut self, queue: &mut BufferQueue, bid: u16, len: u32) {
+        let i = usize::from(bid);
+        queue.len[i] = len;
+        self.queued = Some(match self.queued {
+            Some((first, last)) => {
+                queue.next[usize::from(last)] = bid;
+                (first, bid)
+            }
+            None => (bid, bid),
+        });
+        self.queued_count += 1;
+    }
+
+    /// Takes the first queued buffer, as (buffer id, offset, bytes left).
+    fn pop(&mut self, queue: &BufferQueue) -> Option<(u16, u32, u32)> {
+        let (first, last) = self.queued?;
+        self.queued_count -= 1;
+        self.queued = (first != last).then(|| (queue.next[usize::from(first)], last));
+        Some((first, 0, queue.len[usize::from(first)]))
     }
 
     /// Copy engine: sends the rest of the held buffer to `dst`.
@@ -436,7 +611,13 @@ impl Dir {
 
     /// Gives back what the direction holds when its connection ends. A pipe
     /// that still holds bytes is closed, never pooled.
-    pub fn release<D: Driver>(&mut self, pool: &mut PipePool, driver: &mut D, now_ms: u64) {
+    pub fn release<D: Driver>(
+        &mut self,
+        pool: &mut PipePool,
+        driver: &mut D,
+        queue: &mut BufferQueue,
+        now_ms: u64,
+    ) {
         if let Some(pipe) = self.pipe.take() {
             if self.in_pipe > 0 || sys::pipe_len(pipe.read_end()).map_or(true, |n| n > 0) {
                 pool.discard(pipe);
@@ -447,6 +628,11 @@ impl Dir {
         self.in_pipe = 0;
         if let Some((bid, _, _)) = self.held.take() {
             driver.recycle(Group::Io, bid);
+            queue.held -= 1;
+        }
+        while let Some((bid, _, _)) = self.pop(queue) {
+            driver.recycle(Group::Io, bid);
+            queue.held -= 1;
         }
     }
 }

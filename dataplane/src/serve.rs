@@ -260,6 +260,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         },
         io_buffer_size: args.copy_buffer_size,
         prefault_io: args.forward == ForwardMode::Copy,
+        multishot_recv: args.recv == crate::cli::RecvMode::Multishot,
     };
     let engine = choose_engine(args.engine)?;
     // Ring splice needs io_uring; on epoll the same pipes are driven by
@@ -389,7 +390,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
         "uring"
     };
     for addr in &bound {
-        info!(address = %addr, shards, forward = forward.name(), engine = engine_name, "listening");
+        info!(address = %addr, shards, forward = forward.name(), engine = engine_name, recv = args.recv.name(), "listening");
     }
 
     // `bound` follows `addrs`: the flags first, their port 0 resolved.

@@ -103,6 +103,13 @@ pub struct ShardStats {
     pub switched_to_splice: Counter,
     /// Adaptive engine: directions that moved from splice to copy.
     pub switched_to_copy: Counter,
+    /// Copy engine: receives submitted (one per message single-shot, one
+    /// per run of messages with `--recv multishot`).
+    pub copy_receives: Counter,
+    /// Copy engine: receive completions (one per buffer filled, or end).
+    pub copy_receive_completions: Counter,
+    /// Copy engine: buffers directions hold now (being sent or queued).
+    pub copy_buffers_held: Counter,
     /// Upstream connect time.
     pub connect_time: Histogram,
     /// Forwarded connection duration.

@@ -48,6 +48,9 @@ pub struct UringConfig {
     /// direction that streams splices, so the rest of a buffer becomes
     /// resident only while a stream's first bytes are copied).
     pub prefault_io: bool,
+    /// Forwarding receives are multishot (`--recv multishot`): one
+    /// submission delivers buffers until it ends (Linux 6.0 or later).
+    pub multishot_recv: bool,
 }
 
 /// Most io-wq workers for unbounded work (socket splices) per ring. Ring
@@ -65,6 +68,8 @@ pub struct Uring {
     peek: BufRing,
     io: Option<BufRing>,
     arena: Arena,
+    /// [`UringConfig::multishot_recv`].
+    multishot_recv: bool,
     /// Operations submitted whose final completion has not been reaped.
     inflight: usize,
 }
@@ -118,6 +123,7 @@ impl Uring {
             peek,
             io,
             arena,
+            multishot_recv: cfg.multishot_recv,
             inflight: 0,
         })
     }
@@ -226,6 +232,25 @@ impl Driver for Uring {
         self.push(&[entry]);
     }
 
+    fn recv_stream(&mut self, token: Token, fd: RawFd, group: Group) {
+        if !self.multishot_recv {
+            return self.recv(token, fd, group, false);
+        }
+        let entry = opcode::RecvMulti::new(types::Fd(fd), group as u16)
+            .build()
+            .user_data(token.0);
+        self.push(&[entry]);
+    }
+
+    fn cancel(&mut self, token: Token, target: Token) {
+        // By user data: the kernel finds the request in its hash of armed
+        // requests, without the scan a cancellation by descriptor costs.
+        let entry = opcode::AsyncCancel::new(target.0)
+            .build()
+            .user_data(token.0);
+        self.push(&[entry]);
+    }
+
     fn send(&mut self, token: Token, fd: RawFd, group: Group, buffer: u16, offset: u32, len: u32) {
         let ring = self.group(group);
         assert!(
@@ -316,6 +341,13 @@ impl Driver for Uring {
         match group {
             Group::Peek => self.peek.size,
             Group::Io => self.io.as_ref().map_or(0, |io| io.size),
+        }
+    }
+
+    fn buffer_count(&self, group: Group) -> usize {
+        match group {
+            Group::Peek => usize::from(self.peek.count),
+            Group::Io => self.io.as_ref().map_or(0, |io| usize::from(io.count)),
         }
     }
 

@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 
 use crate::accesslog::{AccessLog, Record};
 use crate::driver::{Completion, Driver, Group, OpKind, Token};
-use crate::forward::{Dir, ForwardMode};
+use crate::forward::{BufferQueue, Dir, ForwardMode};
 use crate::hello::MAX_HELLO_BYTES;
 use crate::pipes::PipePool;
 use crate::slab::Slab;
@@ -199,6 +199,8 @@ pub struct Shard<D: Driver> {
     balancer: Balancer,
     conns: Slab<Conn>,
     pipes: PipePool,
+    /// Copy buffers held by directions, queued behind those being sent.
+    queue: BufferQueue,
     timers: Timers,
     /// When the shard last gave memory back ([`Shard::give_back_memory`]).
     shrunk_ms: u64,
@@ -254,6 +256,7 @@ impl<D: Driver> Shard<D> {
         Shard {
             pipes: PipePool::new(cfg.pipe_size, cfg.pipe_pool),
             conns: Slab::new(cfg.max_connections),
+            queue: BufferQueue::new(driver.buffer_count(Group::Io)),
             cfg,
             driver,
             listeners: listeners
@@ -792,8 +795,14 @@ impl<D: Driver> Shard<D> {
             self.count_kernel_bytes(&mut conn);
         }
         for dir in &mut conn.dirs {
-            dir.release(&mut self.pipes, &mut self.driver, self.now_ms);
+            dir.release(
+                &mut self.pipes,
+                &mut self.driver,
+                &mut self.queue,
+                self.now_ms,
+            );
         }
+        self.stats.copy_buffers_held.set(self.queue.held() as u64);
         if let Some((epoch, route, index)) = conn.endpoint {
             if epoch == self.epoch.generation {
                 self.balancer.finished(route, index);
@@ -906,14 +915,14 @@ fn pending_on_sockets(conn: &Conn) -> [Pending; 2] {
             let [to_upstream, to_client] = &conn.dirs;
             let client = if to_client.is_writing() {
                 Pending::Any
-            } else if to_upstream.is_writing() {
+            } else if to_upstream.is_writing() && !to_upstream.is_reading() {
                 Pending::Nothing
             } else {
                 reads(to_upstream)
             };
             let upstream = if to_upstream.is_writing() {
                 Pending::Any
-            } else if to_client.is_writing() {
+            } else if to_client.is_writing() && !to_client.is_reading() {
                 Pending::Nothing
             } else {
                 reads(to_client)

@@ -24,7 +24,11 @@ impl<D: Driver> Shard<D> {
             ForwardMode::Splice | ForwardMode::RingSplice => {
                 self.driver.poll(token, src, Interest::Read)
             }
-            ForwardMode::Copy => self.driver.recv(token, src, Group::Io, false),
+            ForwardMode::Copy => {
+                conn.dirs[d].armed();
+                self.stats.copy_receives.add(1);
+                self.driver.recv_stream(token, src, Group::Io)
+            }
             ForwardMode::Sockmap => self.driver.poll(token, src, Interest::Hangup),
             ForwardMode::Adaptive => unreachable!("resolved per direction"),
         }
@@ -63,7 +67,24 @@ impl<D: Driver> Shard<D> {
             ForwardMode::Splice => {
                 conn.dirs[d].pump_splice(src, dst, &mut self.pipes, c.result, now)
             }
-            ForwardMode::Copy => conn.dirs[d].on_copy(&mut self.driver, is_read, c),
+            ForwardMode::Copy => {
+                if is_read {
+                    self.stats.copy_receive_completions.add(1);
+                }
+                let step =
+                    conn.dirs[d].on_copy(&mut self.driver, &mut self.queue, is_read, c, adaptive);
+                self.stats.copy_buffers_held.set(self.queue.held() as u64);
+                if conn.dirs[d].take_stop() {
+                    // The destination is slower than the source (or the
+                    // direction streams): end the multishot receive.
+                    conn.inflight += 1;
+                    self.driver.cancel(
+                        Token::new(OpKind::Cancel, slot, generation),
+                        Token::new(read_kind(d), slot, generation),
+                    );
+                }
+                step
+            }
             ForwardMode::RingSplice => {
                 conn.dirs[d].on_ring_splice(&mut self.pipes, is_read, c.result, now)
             }
@@ -176,6 +197,7 @@ impl<D: Driver> Shard<D> {
                 self.starved.push((slot, generation, Starved::Dir(d)))
             }
             Step::PipeLimit => self.starved.push((slot, generation, Starved::Dir(d))),
+            Step::Wait => {}
             Step::SourceFailed => {
                 let reason = if d == 0 {
                     CloseReason::ClientError

@@ -41,11 +41,15 @@ pub enum Forward {
     Adaptive,
     /// epoll, `adaptive`.
     EpollAdaptive,
+    /// io_uring, `copy` with multishot receives (`--recv multishot`).
+    Multishot,
+    /// io_uring, `adaptive` with multishot receives while copying.
+    AdaptiveMultishot,
 }
 
 impl Forward {
     /// Every variant, for tests that loop.
-    pub const ALL: [Forward; 9] = [
+    pub const ALL: [Forward; 11] = [
         Forward::Splice,
         Forward::Copy,
         Forward::EpollSplice,
@@ -55,16 +59,18 @@ impl Forward {
         Forward::EpollSockmap,
         Forward::Adaptive,
         Forward::EpollAdaptive,
+        Forward::Multishot,
+        Forward::AdaptiveMultishot,
     ];
 
     /// The `--forward` value.
     pub fn arg(self) -> &'static str {
         match self {
             Forward::Splice | Forward::EpollSplice => "splice",
-            Forward::Copy | Forward::EpollCopy => "copy",
+            Forward::Copy | Forward::EpollCopy | Forward::Multishot => "copy",
             Forward::RingSplice => "ring-splice",
             Forward::Sockmap | Forward::EpollSockmap => "sockmap",
-            Forward::Adaptive | Forward::EpollAdaptive => "adaptive",
+            Forward::Adaptive | Forward::EpollAdaptive | Forward::AdaptiveMultishot => "adaptive",
         }
     }
 
@@ -75,11 +81,21 @@ impl Forward {
             | Forward::Copy
             | Forward::RingSplice
             | Forward::Sockmap
-            | Forward::Adaptive => "uring",
+            | Forward::Adaptive
+            | Forward::Multishot
+            | Forward::AdaptiveMultishot => "uring",
             Forward::EpollSplice
             | Forward::EpollCopy
             | Forward::EpollSockmap
             | Forward::EpollAdaptive => "epoll",
+        }
+    }
+
+    /// The `--recv` value.
+    pub fn recv(self) -> &'static str {
+        match self {
+            Forward::Multishot | Forward::AdaptiveMultishot => "multishot",
+            _ => "single",
         }
     }
 
@@ -195,6 +211,9 @@ impl Gateway {
         if !opts.extra_args.iter().any(|a| a == "--admin") {
             cmd.args(["--admin", "none"]);
         }
+        if !opts.extra_args.iter().any(|a| a == "--recv") {
+            cmd.args(["--recv", opts.forward.recv()]);
+        }
         cmd.args(&opts.extra_args);
         if opts.deny_io_uring {
             super::seccomp::deny_io_uring(&mut cmd);
@@ -224,9 +243,13 @@ impl Gateway {
             if !opts.extra_args.iter().any(|a| a == "--engine") {
                 let engine = format!("engine=\"{}\"", opts.forward.engine());
                 let forward = format!("forward=\"{}\"", opts.forward.arg());
+                let recv = match opts.extra_args.iter().any(|a| a == "--recv") {
+                    true => String::new(),
+                    false => format!("recv=\"{}\"", opts.forward.recv()),
+                };
                 assert!(
-                    line.contains(&engine) && line.contains(&forward),
-                    "readiness line {line:?} does not say {engine} {forward}"
+                    line.contains(&engine) && line.contains(&forward) && line.contains(&recv),
+                    "readiness line {line:?} does not say {engine} {forward} {recv}"
                 );
             }
             if !addrs.contains(&addr) {

@@ -67,6 +67,8 @@ macro_rules! forward_tests {
             $crate::common::forward_tests!(@one $body, epoll_sockmap, EpollSockmap, $secs);
             $crate::common::forward_tests!(@one $body, adaptive, Adaptive, $secs);
             $crate::common::forward_tests!(@one $body, epoll_adaptive, EpollAdaptive, $secs);
+            $crate::common::forward_tests!(@one $body, multishot, Multishot, $secs);
+            $crate::common::forward_tests!(@one $body, adaptive_multishot, AdaptiveMultishot, $secs);
         }
     };
     (@one $body:ident, $name:ident, $variant:ident, $secs:expr) => {
