@@ -7,9 +7,11 @@
 #   scripts/build-bpf.sh --check   rebuild into a temporary file and exit 1
 #                                  if it differs from the committed object
 #
-# Reproducible: fixed flags, no -g (no DWARF, no BTF: the map is a legacy
-# definition), paths relative to the repository, symbols kept (the loader
-# finds the program and the map by name).
+# Reproducible: fixed flags, paths relative to the repository (the debug
+# information names the source and the compilation directory as "."),
+# symbols kept (the loader finds the program, the maps and BUDGET by name).
+# -g is needed for the BTF the loader uses to relocate the kernel fields the
+# program reads (CO-RE) and to set BUDGET.
 # Needs: clang and libbpf-dev (apt-get install -y clang libbpf-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +33,8 @@ if [ "$check" = 1 ]; then
   out=$(mktemp --suffix=.o)
   trap 'rm -f "$out"' EXIT
 fi
-clang -O2 -target bpf -mcpu=v2 -I"$arch_include" -fno-ident -c "$src" -o "$out"
+clang -O2 -g -target bpf -mcpu=v2 -I"$arch_include" -fno-ident \
+  -fdebug-compilation-dir=. -fdebug-prefix-map="$PWD"=. -c "$src" -o "$out"
 
 if [ "$check" = 1 ]; then
   if cmp -s "$out" "$obj"; then

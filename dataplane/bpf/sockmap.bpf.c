@@ -9,24 +9,37 @@
  *     PEERS[cookie(upstream)] = client socket
  *
  * so a socket is in the map (and this program sees every skb it receives)
- * and the key of its peer is its own cookie: one lookup, no second map,
- * two map updates per connection and none at close (closing a socket takes
- * it out of every map).
+ * and the key of its peer is its own cookie: one lookup, no second map.
  *
- * The verdict sends the skb out of the peer socket (flags 0: egress). When
- * the peer is not in the map the helper answers SK_DROP; the gateway makes
- * sure that cannot happen while bytes may arrive (both sockets go in before
- * the queued ClientHello is released). FIN, resets and half-close are not
- * seen here: user space handles them.
+ * The verdict sends the skb out of the peer socket (flags 0: egress). The
+ * kernel queues a redirected skb on the peer without limit (the source's
+ * receive window never closes, since the skb has left its queue), so the
+ * program keeps a budget per direction in FLOWS, keyed by the source's
+ * cookie:
+ *
+ *     in flight = bytes this direction took in - bytes that reached the
+ *                 peer's send queue (the peer's write_seq since the first)
+ *
+ * Over BUDGET, an skb is passed (SK_PASS) to the source socket's own
+ * receive queue instead, where it counts against the receive buffer, so
+ * TCP closes the sender's window: that is the backpressure. User space
+ * reads passed bytes and writes them to the peer, but only after every
+ * redirected byte has reached the peer (it compares `taken - passed` here
+ * with the peer's send counts from TCP), and it publishes how many it
+ * wrote in WRITTEN. Order is kept by one rule: while a passed byte is not
+ * yet written (passed > WRITTEN), every skb is passed too.
+ *
+ * FIN, resets and half-close are not seen here: user space handles them.
+ * A socket leaves PEERS when it closes; user space deletes its FLOWS entry.
  *
  * Built by scripts/build-bpf.sh; the object beside this file is what the
- * gateway embeds.
+ * gateway embeds. The BTF it carries lets the loader relocate the two
+ * tcp_sock fields read below to the running kernel's layout (CO-RE).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 
-/* The legacy map definition: no BTF needed, so the object carries no
- * debug information and rebuilds byte for byte. */
+/* The legacy map definition (the loader reads it without BTF). */
 struct bpf_map_def {
 	unsigned int type;
 	unsigned int key_size;
@@ -35,8 +48,27 @@ struct bpf_map_def {
 	unsigned int map_flags;
 };
 
-/* max_entries is set by the loader (two per connection the gateway may
- * hold); this is only the default. */
+/* The kernel's struct tcp_sock, only the field read here; the loader
+ * relocates the offset to the running kernel's layout. */
+struct tcp_sock {
+	__u32 write_seq;
+} __attribute__((preserve_access_index));
+
+/* One direction's accounting, keyed by its source socket's cookie,
+ * written only here. Shared with user space (dataplane/src/sockmap.rs,
+ * `Flow`): keep the layout. */
+struct flow {
+	/* Bytes the verdict took in (redirected and passed). */
+	__u64 taken;
+	/* Of those, bytes passed to user space. */
+	__u64 passed;
+	/* The peer's write_seq when the first skb arrived. */
+	__u32 base;
+	__u32 reserved;
+};
+
+/* max_entries of both maps is set by the loader (two per connection the
+ * gateway may hold); these are only defaults. */
 struct bpf_map_def SEC("maps") PEERS = {
 	.type = BPF_MAP_TYPE_SOCKHASH,
 	.key_size = sizeof(__u64),
@@ -45,18 +77,95 @@ struct bpf_map_def SEC("maps") PEERS = {
 	.map_flags = 0,
 };
 
+struct bpf_map_def SEC("maps") FLOWS = {
+	.type = BPF_MAP_TYPE_HASH,
+	.key_size = sizeof(__u64),
+	.value_size = sizeof(struct flow),
+	.max_entries = 65536,
+	.map_flags = BPF_F_NO_PREALLOC,
+};
+
+/* Passed bytes user space has written to the peer, per source cookie;
+ * written only by user space, and only for directions that passed any. */
+struct bpf_map_def SEC("maps") WRITTEN = {
+	.type = BPF_MAP_TYPE_HASH,
+	.key_size = sizeof(__u64),
+	.value_size = sizeof(__u64),
+	.max_entries = 65536,
+	.map_flags = BPF_F_NO_PREALLOC,
+};
+
+/* Bytes a direction may have in flight before its skbs are passed to user
+ * space; set by the
+ * loader (`--sockmap-budget-kib`). */
+volatile const __u32 BUDGET = 4 << 20;
+
+/* The peer's write_seq, or 0 with *ok cleared when the peer is gone. */
+static __always_inline __u32 peer_write_seq(__u64 *cookie, int *ok)
+{
+	struct bpf_sock *peer;
+	struct tcp_sock *tp;
+	__u32 seq = 0;
+
+	*ok = 0;
+	peer = bpf_map_lookup_elem(&PEERS, cookie);
+	if (!peer)
+		return 0;
+	tp = bpf_skc_to_tcp_sock(peer);
+	if (tp) {
+		seq = tp->write_seq;
+		*ok = 1;
+	}
+	bpf_sk_release(peer);
+	return seq;
+}
+
 SEC("sk_skb/stream_verdict")
 int meshgate_verdict(struct __sk_buff *skb)
 {
+	struct flow *flow;
 	__u64 cookie;
+	__u32 len = skb->len, seq, in_flight;
+	int ok;
 
 	/* A bare FIN reaches the verdict as an skb without data. Redirected,
 	 * the peer's send of zero bytes counts as a broken pipe and stops the
 	 * peer's forwarding (EPIPE on the peer socket); the FIN itself is
 	 * passed on by user space, so drop it here. */
-	if (skb->len == 0)
+	if (len == 0)
 		return SK_DROP;
 	cookie = bpf_get_socket_cookie(skb);
+	seq = peer_write_seq(&cookie, &ok);
+	if (!ok)
+		return SK_DROP;
+	flow = bpf_map_lookup_elem(&FLOWS, &cookie);
+	if (!flow) {
+		struct flow first = { .base = seq };
+
+		bpf_map_update_elem(&FLOWS, &cookie, &first, BPF_NOEXIST);
+		flow = bpf_map_lookup_elem(&FLOWS, &cookie);
+		/* No room (the gateway sizes the map so this cannot happen):
+		 * forward without a budget rather than lose the bytes. */
+		if (!flow)
+			return bpf_sk_redirect_hash(skb, &PEERS, &cookie, 0);
+	}
+	/* Modulo 2^32: what is in flight is far below 4 GiB. */
+	in_flight = (__u32)flow->taken - (seq - flow->base);
+	flow->taken += len;
+	if (flow->passed != 0) {
+		__u64 *written = bpf_map_lookup_elem(&WRITTEN, &cookie);
+
+		/* A passed byte still waits in user space: this one goes
+		 * behind it. */
+		if (!written || *written != flow->passed) {
+			flow->passed += len;
+			return SK_PASS;
+		}
+	}
+	if (in_flight + len > BUDGET) {
+		flow->passed += len;
+		return SK_PASS;
+	}
 	return bpf_sk_redirect_hash(skb, &PEERS, &cookie, 0);
 }
 

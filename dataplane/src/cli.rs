@@ -179,6 +179,15 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value = "single")]
     pub recv: RecvMode,
 
+    /// `--forward sockmap`: bytes one direction may have on its way to the
+    /// other socket, beyond that socket's own send buffer, in KiB, 64 to
+    /// 1048576. Past it the kernel stops taking bytes from the sender (its
+    /// window closes) and the gateway moves what arrives meanwhile; a
+    /// receiver that never reads holds at most this much of the gateway's
+    /// kernel memory.
+    #[arg(long, value_name = "KIB", default_value_t = crate::sockmap::DEFAULT_BUDGET_KIB, value_parser = range::<u32>(64, 1 << 20))]
+    pub sockmap_budget_kib: u32,
+
     /// Kernel interface for the shards: `uring`, `epoll`, or `auto` (io_uring,
     /// falling back to epoll with one log line when the kernel refuses it).
     #[arg(long, value_enum, default_value = "auto")]

@@ -280,7 +280,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let max_per_shard = args.max_connections.div_ceil(shards).max(1);
     // Kept until serve returns: dropping it detaches the program.
     let sockmap = (forward == ForwardMode::Sockmap)
-        .then(|| crate::sockmap::Program::load(max_per_shard * shards))
+        .then(|| crate::sockmap::Program::load(max_per_shard * shards, args.sockmap_budget_kib))
         .transpose()
         .map_err(|e| ServeError::NoBpf(e.to_string()))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), io::Error>>();
@@ -303,7 +303,7 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
             pipe_pool: 64,
             drain_timeout: Duration::from_secs(args.drain_timeout_secs),
             access_log: access_log.clone(),
-            sockmap: sockmap.as_ref().map(|p| p.map()),
+            sockmap: sockmap.as_ref().map(|p| p.maps()),
         };
         let cpu = match args.pin {
             Pin::Cores => cpus.get(id % cpus.len().max(1)).copied(),

@@ -1,18 +1,21 @@
 //! The sockmap forwarding engine's kernel side: the BPF verdict program
 //! (dataplane/bpf/sockmap.bpf.c, embedded as built), the `SOCKHASH` it
-//! redirects through, and the socket facts the shard reads instead of
-//! moving bytes itself (cookies, byte counts, send queues).
+//! redirects through, the per-direction budget it keeps (`FLOWS`), and the
+//! socket facts the shard reads instead of moving bytes itself (cookies,
+//! byte counts, send queues).
 //!
 //! Each connection's two sockets go into the map, each under the *other*
 //! socket's cookie, so the program finds the peer of the socket an skb
 //! arrived on by that socket's own cookie: two map updates per connection,
-//! none at close (closing a socket takes it out of every map), no second
-//! map. What the program does not do stays in the shard: FIN and half-close,
-//! resets, timeouts.
+//! none at close for the sockets (closing a socket takes it out of every
+//! map), two deletes of budget entries. What the program does not do stays
+//! in the shard: FIN and half-close, resets, timeouts, and the bytes of a
+//! direction the program diverted because too much was in flight.
 //!
 //! This module owns no policy: it loads, pairs and measures. `unsafe` here
 //! is limited to `getsockopt`/`ioctl` calls on descriptors the caller
-//! borrows for the call, each writing into a local of the kernel's size.
+//! borrows for the call, each writing into a local of the kernel's size,
+//! and to declaring [`Flow`] plain data for the map.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -20,7 +23,7 @@ use std::mem::{size_of, MaybeUninit};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 
-use aya::maps::{Map, MapData, SockHash};
+use aya::maps::{HashMap, Map, MapData, SockHash};
 use aya::programs::SkSkb;
 use aya::Ebpf;
 
@@ -34,6 +37,16 @@ static OBJECT: &Aligned<[u8]> = &Aligned(*include_bytes!("../bpf/sockmap.bpf.o")
 
 /// The map's name in the object.
 const MAP: &str = "PEERS";
+/// The budget map's name in the object.
+const FLOWS: &str = "FLOWS";
+/// The name of the map of passed bytes user space wrote.
+const WRITTEN: &str = "WRITTEN";
+/// The budget's name in the object (a read-only global).
+const BUDGET: &str = "BUDGET";
+/// Default for `--sockmap-budget-kib`: bytes one direction may have on its
+/// way to the peer, beyond the peer's own send buffer, before the kernel
+/// stops taking more from the sender.
+pub const DEFAULT_BUDGET_KIB: u32 = 4096;
 /// The program's name in the object.
 const PROGRAM: &str = "meshgate_verdict";
 
@@ -54,13 +67,48 @@ pub struct Unavailable(String);
 pub struct Program {
     /// Owns the program and its attachment.
     _ebpf: Ebpf,
-    /// The map, for shards to open their own handle on.
-    map: Arc<OwnedFd>,
+    /// The maps, for shards to open their own handles on.
+    maps: Maps,
 }
+
+/// The program's two maps, for [`ShardMap::open`] on each shard's thread.
+#[derive(Debug, Clone)]
+pub struct Maps {
+    peers: Arc<OwnedFd>,
+    flows: Arc<OwnedFd>,
+    written: Arc<OwnedFd>,
+}
+
+/// One direction's accounting, as the verdict program keeps it in `FLOWS`
+/// under the source socket's cookie (the layout of `struct flow` in
+/// sockmap.bpf.c).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flow {
+    /// Bytes the verdict took in from the source (redirected and passed).
+    pub taken: u64,
+    /// Of those, bytes passed to user space (the direction was diverted).
+    pub passed: u64,
+    /// The peer's `write_seq` when the first skb arrived.
+    pub base: u32,
+    /// Unused (keeps the layout free of padding).
+    pub reserved: u32,
+}
+
+impl Flow {
+    /// Bytes the kernel redirected to the peer itself.
+    pub fn redirected(&self) -> u64 {
+        self.taken.saturating_sub(self.passed)
+    }
+}
+
+// SAFETY: `Flow` is `repr(C)`, made of integers only (every bit pattern is
+// a valid value) and has no padding (8 + 8 + 4 + 4 bytes).
+unsafe impl aya::Pod for Flow {}
 
 impl std::fmt::Debug for Program {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Program").field("map", &self.map).finish()
+        f.debug_struct("Program").field("maps", &self.maps).finish()
     }
 }
 
@@ -70,9 +118,9 @@ impl Program {
     ///
     /// # Errors
     /// [`Unavailable`] naming the step that failed: kernel too old, `bpf()`
-    /// refused (needs root, or `CAP_BPF` and `CAP_NET_ADMIN`), the program
+    /// refused (needs root, or `CAP_BPF`, `CAP_PERFMON` and `CAP_NET_ADMIN`), the program
     /// rejected, or the attach refused.
-    pub fn load(max_connections: usize) -> Result<Program, Unavailable> {
+    pub fn load(max_connections: usize, budget_kib: u32) -> Result<Program, Unavailable> {
         let release = kernel_release();
         match parse_release(&release) {
             Some(v) if v >= MIN_KERNEL => {}
@@ -84,8 +132,12 @@ impl Program {
             }
         }
         let entries = u32::try_from(max_connections.saturating_mul(2).max(2)).unwrap_or(u32::MAX);
+        let budget = budget_kib.saturating_mul(1024);
         let mut ebpf = aya::EbpfLoader::new()
             .set_max_entries(MAP, entries)
+            .set_max_entries(FLOWS, entries)
+            .set_max_entries(WRITTEN, entries)
+            .set_global(BUDGET, &budget, true)
             .load(&OBJECT.0)
             .map_err(|e| {
                 Unavailable(format!(
@@ -105,7 +157,7 @@ impl Program {
             .map_err(|e| Unavailable(format!("program {PROGRAM}: {}", chain(&e))))?;
         program.load().map_err(|e| {
             Unavailable(format!(
-                "the kernel refused the verdict program (needs root, or CAP_BPF and CAP_NET_ADMIN): {}",
+                "the kernel refused the verdict program (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN): {}",
                 chain(&e)
             ))
         })?;
@@ -115,28 +167,49 @@ impl Program {
                 chain(&e)
             ))
         })?;
-        let map = hash
+        let peers = hash
             .fd()
             .as_fd()
             .try_clone_to_owned()
             .map_err(|e| Unavailable(format!("duplicating the map descriptor: {e}")))?;
+        let flows = hash_map_fd(&mut ebpf, FLOWS)?;
+        let written = hash_map_fd(&mut ebpf, WRITTEN)?;
         // `hash` (the loader's handle) closes here; the map lives on through
-        // `map` and the program's attachment.
+        // `peers` and the program's attachment.
         Ok(Program {
             _ebpf: ebpf,
-            map: Arc::new(map),
+            maps: Maps {
+                peers: Arc::new(peers),
+                flows: Arc::new(flows),
+                written: Arc::new(written),
+            },
         })
     }
 
-    /// The map's descriptor, for [`ShardMap::open`] on each shard's thread.
-    pub fn map(&self) -> Arc<OwnedFd> {
-        Arc::clone(&self.map)
+    /// The maps' descriptors, for [`ShardMap::open`] on each shard's thread.
+    pub fn maps(&self) -> Maps {
+        self.maps.clone()
     }
 }
 
-/// One shard's handle on the map.
+/// A descriptor of its own for the object's hash map `name`.
+fn hash_map_fd(ebpf: &mut Ebpf, name: &str) -> Result<OwnedFd, Unavailable> {
+    let Some(Map::HashMap(map)) = ebpf.take_map(name) else {
+        return Err(Unavailable(format!(
+            "the BPF object has no hash map {name}"
+        )));
+    };
+    map.fd()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Unavailable(format!("duplicating the map descriptor: {e}")))
+}
+
+/// One shard's handle on the maps.
 pub struct ShardMap {
     map: SockHash<MapData, u64>,
+    flows: HashMap<MapData, u64, Flow>,
+    written: HashMap<MapData, u64, u64>,
 }
 
 impl std::fmt::Debug for ShardMap {
@@ -146,14 +219,58 @@ impl std::fmt::Debug for ShardMap {
 }
 
 impl ShardMap {
-    /// A handle of its own on the map `fd` names (see [`Program::map`]).
+    /// A handle of its own on the maps (see [`Program::maps`]).
     ///
     /// # Errors
-    /// Out of descriptors, or the kernel refuses to describe the map.
-    pub fn open(fd: &OwnedFd) -> io::Result<ShardMap> {
-        let data = MapData::from_fd(fd.try_clone()?).map_err(io::Error::other)?;
+    /// Out of descriptors, or the kernel refuses to describe a map.
+    pub fn open(maps: &Maps) -> io::Result<ShardMap> {
+        let data = MapData::from_fd(maps.peers.try_clone()?).map_err(io::Error::other)?;
         let map = SockHash::try_from(Map::SockHash(data)).map_err(io::Error::other)?;
-        Ok(ShardMap { map })
+        let data = MapData::from_fd(maps.flows.try_clone()?).map_err(io::Error::other)?;
+        let flows = HashMap::try_from(Map::HashMap(data)).map_err(io::Error::other)?;
+        let data = MapData::from_fd(maps.written.try_clone()?).map_err(io::Error::other)?;
+        let written = HashMap::try_from(Map::HashMap(data)).map_err(io::Error::other)?;
+        Ok(ShardMap {
+            map,
+            flows,
+            written,
+        })
+    }
+
+    /// The accounting of the direction whose source has cookie `source`
+    /// (`None` before its first byte).
+    ///
+    /// # Errors
+    /// The lookup fails for another reason than a missing entry.
+    pub fn flow(&self, source: u64) -> io::Result<Option<Flow>> {
+        match self.flows.get(&source, 0) {
+            Ok(flow) => Ok(Some(flow)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(syscall_error(e)),
+        }
+    }
+
+    /// Tells the program how many passed bytes of the direction whose
+    /// source has cookie `source` user space has written to the peer; once
+    /// that is all it passed, the program redirects again.
+    ///
+    /// # Errors
+    /// The map update fails (the map is full).
+    pub fn publish_written(&mut self, source: u64, written: u64) -> io::Result<()> {
+        self.written
+            .insert(source, written, 0)
+            .map_err(syscall_error)
+    }
+
+    /// Deletes both directions' accounting of a closed connection;
+    /// `passed[d]`: direction `d` ever passed bytes to user space.
+    pub fn forget(&mut self, cookies: [u64; 2], passed: [bool; 2]) {
+        for (cookie, passed) in cookies.into_iter().zip(passed) {
+            let _ = self.flows.remove(&cookie);
+            if passed {
+                let _ = self.written.remove(&cookie);
+            }
+        }
     }
 
     /// Puts both sockets of a connection into the map, each under the
@@ -171,7 +288,13 @@ impl ShardMap {
     /// The kernel takes only established sockets, so the client is refused
     /// when it sent its FIN right behind its hello; the upstream is then
     /// taken out again. Either way an error leaves neither socket in the map.
-    pub fn pair(&mut self, client: BorrowedFd<'_>, upstream: BorrowedFd<'_>) -> io::Result<()> {
+    /// Returns both cookies (client, upstream): the keys of each
+    /// direction's accounting ([`ShardMap::flow`]).
+    pub fn pair(
+        &mut self,
+        client: BorrowedFd<'_>,
+        upstream: BorrowedFd<'_>,
+    ) -> io::Result<[u64; 2]> {
         let (c, u) = (cookie(client)?, cookie(upstream)?);
         self.map
             .insert(c, upstream.as_raw_fd(), 0)
@@ -180,7 +303,7 @@ impl ShardMap {
             let _ = self.map.remove(&c);
             return Err(syscall_error(e));
         }
-        Ok(())
+        Ok([c, u])
     }
 }
 

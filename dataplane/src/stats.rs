@@ -103,6 +103,9 @@ pub struct ShardStats {
     pub switched_to_splice: Counter,
     /// Adaptive engine: directions that moved from splice to copy.
     pub switched_to_copy: Counter,
+    /// Sockmap engine: bytes the verdict program diverted (over a
+    /// direction's budget) that the shard wrote on.
+    pub sockmap_diverted_bytes: Counter,
     /// Copy engine: receives submitted (one per message single-shot, one
     /// per run of messages with `--recv multishot`).
     pub copy_receives: Counter,

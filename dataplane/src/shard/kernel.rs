@@ -1,24 +1,41 @@
 //! The Forwarding phase for the sockmap engine: the kernel moves the bytes
 //! ([`crate::sockmap`]); the shard pairs the sockets once connected, waits
-//! for each source's FIN or error, passes a FIN on once what came before it
-//! has left, and reads the byte counts from TCP when the connection ends.
+//! for each source's FIN, error or diverted bytes, passes a FIN on once what
+//! came before it has left, and reads the byte counts from TCP when the
+//! connection ends.
+//!
+//! Diverted bytes: when a direction has more in flight than its budget, the
+//! verdict program passes further bytes to the source socket's own queue
+//! (its receive window then closes: that is the backpressure). The shard
+//! moves them: once every byte the kernel redirected has reached the
+//! destination's send queue (the program's count against TCP's), it peeks
+//! them, writes what the destination takes and consumes exactly that much,
+//! so it never holds a byte itself, then tells the program how many it
+//! wrote. The program redirects again once the shard has written all it
+//! passed.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
 
 use tracing::{debug, warn};
 
-use super::{Conn, Phase, Shard, Starved};
-use crate::driver::{Completion, Driver};
-use crate::sockmap::{self, ShardMap};
+use super::{write_kind, Conn, Phase, Shard, Starved};
+use crate::driver::{Completion, Driver, Interest, Token};
+use crate::sockmap::{self, Maps, ShardMap};
 use crate::stats::CloseReason;
 use crate::sys;
 
-/// Opens the shard's handle on the map; without one, every connection is
+/// Size of the shard's buffer for diverted bytes.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Diverted bytes one wake-up moves before the direction waits its turn
+/// again (other connections run meanwhile).
+const BATCH_BYTES: u64 = 1 << 20;
+
+/// Opens the shard's handle on the maps; without one, every connection is
 /// closed at connect with [`CloseReason::Resource`] (and a warning).
-pub(super) fn open_map(map: &Option<Arc<OwnedFd>>, shard: usize) -> Option<ShardMap> {
-    let fd = map.as_ref()?;
-    match ShardMap::open(fd) {
+pub(super) fn open_map(maps: &Option<Maps>, shard: usize) -> Option<ShardMap> {
+    let maps = maps.as_ref()?;
+    match ShardMap::open(maps) {
         Ok(map) => Some(map),
         Err(e) => {
             warn!(shard, error = %e, "--forward sockmap: cannot open the map; connections will be closed");
@@ -54,6 +71,25 @@ const fn syn_bytes(upstream: bool) -> u64 {
     }
 }
 
+/// Bytes written into `dst`'s send queue since it connected (acknowledged
+/// plus queued). Read in this order (TCP_INFO, then the queue) the sum is
+/// never above the true count, so "everything redirected has arrived" is
+/// never concluded early.
+fn written_into(dst: std::os::fd::BorrowedFd<'_>, upstream: bool) -> io::Result<u64> {
+    let acked = sockmap::counts(dst)?.acked;
+    let queued = sockmap::unacked(dst)?;
+    Ok((acked + queued).saturating_sub(syn_bytes(upstream)))
+}
+
+/// Why a connection closes when direction `d`'s socket on `side` fails.
+fn failure(d: usize, source: bool) -> CloseReason {
+    if (d == 0) == source {
+        CloseReason::ClientError
+    } else {
+        CloseReason::UpstreamError
+    }
+}
+
 impl<D: Driver> Shard<D> {
     /// Connected: puts both sockets into the map, releases the bytes queued
     /// before (the ClientHello), and waits for each side's FIN.
@@ -68,6 +104,7 @@ impl<D: Driver> Shard<D> {
             Some(map) => map.pair(conn.client.as_fd(), upstream.as_fd()),
             None => Err(std::io::Error::other("no map")),
         };
+        let paired = paired.map(|cookies| conn.cookies = cookies);
         if let Err(e) = paired {
             // Neither socket is in the map: forward this connection in user
             // space, with splice. Expected when a socket is no longer
@@ -103,47 +140,157 @@ impl<D: Driver> Shard<D> {
         }
     }
 
-    /// The wait on direction `d`'s source completed: a FIN, a hang-up or an
-    /// error (`c.result` is the poll mask or an error).
-    pub(super) fn on_hangup(&mut self, slot: u32, generation: u16, d: usize, c: Completion) {
-        let Some(conn) = self.conns.get_mut(slot, generation) else {
-            return;
-        };
-        let failed = c.result < 0 || c.result & i32::from(libc::POLLERR) != 0;
-        if failed {
-            let src = if d == 0 {
-                Some(conn.client.as_fd())
-            } else {
-                conn.upstream.as_ref().map(|u| u.as_fd())
-            };
-            let error = src.and_then(|fd| sys::take_socket_error(fd).ok().flatten());
+    /// A wait of direction `d` completed: on its source (`source`: bytes
+    /// passed to user space, its FIN, a hang-up or an error) or on its
+    /// destination (room to write diverted bytes).
+    pub(super) fn on_kernel_event(
+        &mut self,
+        slot: u32,
+        generation: u16,
+        d: usize,
+        source: bool,
+        c: Completion,
+    ) {
+        if c.result < 0 {
             debug!(
                 shard = self.cfg.id,
                 dir = d,
-                mask = c.result,
-                ?error,
-                "socket failed"
+                source,
+                error = c.result,
+                "wait failed"
             );
-            let reason = if d == 0 {
-                CloseReason::ClientError
-            } else {
-                CloseReason::UpstreamError
-            };
-            return self.close(slot, generation, reason);
+            return self.close(slot, generation, failure(d, source));
         }
-        if c.result & i32::from(libc::POLLRDHUP | libc::POLLHUP) == 0 {
-            // Woken for nothing the wait asked for: wait again.
-            return self.arm_read(slot, generation, d);
-        }
-        conn.dirs[d].hangup = true;
-        conn.last_active_ms = self.now_ms;
-        self.drain_kernel(slot, generation, d);
+        self.service_kernel(slot, generation, d, !source);
     }
 
-    /// Direction `d`'s source sent FIN: once every byte it received has been
-    /// written into the destination (not just queued in the kernel on its
-    /// way there), shuts the destination's write side; until then checks
-    /// again after a short wait.
+    /// Moves what the program diverted in direction `d` to the destination,
+    /// and passes the source's FIN on once its queue is empty. `writable`:
+    /// woken because the destination had room.
+    pub(super) fn service_kernel(&mut self, slot: u32, generation: u16, d: usize, writable: bool) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if !matches!(conn.phase, Phase::Forwarding) || conn.dirs[d].is_done() {
+            return;
+        }
+        if conn.dirs[d].hangup {
+            // The queue was found empty at the FIN: only the drain is left.
+            return self.drain_kernel(slot, generation, d);
+        }
+        let Some(upstream) = conn.upstream.as_ref() else {
+            return;
+        };
+        let (src, dst) = if d == 0 {
+            (conn.client.as_fd(), upstream.as_fd())
+        } else {
+            (upstream.as_fd(), conn.client.as_fd())
+        };
+        if self.diverted_buf.is_empty() {
+            self.diverted_buf = vec![0; SCRATCH_BYTES];
+        }
+        let mut moved = 0u64;
+        let mut checked = false;
+        let wait = loop {
+            let peeked = match sys::recv(src, &mut self.diverted_buf, true) {
+                Ok(0) => {
+                    conn.dirs[d].hangup = true;
+                    conn.last_active_ms = self.now_ms;
+                    return self.drain_kernel(slot, generation, d);
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Interest::Read,
+                Err(e) => {
+                    debug!(shard = self.cfg.id, dir = d, error = %e, "source failed");
+                    return self.close(slot, generation, failure(d, true));
+                }
+            };
+            // Order: what the kernel redirected goes first. While bytes
+            // wait here the program redirects nothing more, so its count
+            // stands still and one check covers this whole wake-up.
+            if !checked {
+                let map = self.sockmap.as_ref().expect("sockmap engine has its map");
+                let redirected = match map.flow(conn.cookies[d]) {
+                    Ok(flow) => flow.map_or(0, |f| f.redirected()),
+                    Err(e) => {
+                        warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot read a direction's count; closing the connection");
+                        return self.close(slot, generation, CloseReason::Resource);
+                    }
+                };
+                let Ok(written) = written_into(dst, d == 0) else {
+                    return self.close(slot, generation, failure(d, false));
+                };
+                if written.saturating_sub(conn.diverted_written[d]) < redirected {
+                    debug!(
+                        shard = self.cfg.id,
+                        dir = d,
+                        redirected,
+                        written,
+                        "diverted bytes wait for redirected ones"
+                    );
+                    if writable {
+                        // Room, but the kernel has not sent its part yet
+                        // (its worker is about to): look again shortly.
+                        self.starved.push((slot, generation, Starved::Dir(d)));
+                        self.starved_soon = true;
+                        return;
+                    }
+                    // The kernel sends its part as the destination makes
+                    // room: wait for room.
+                    break Interest::Write;
+                }
+                checked = true;
+            }
+            let sent = match sys::send(dst, &self.diverted_buf[..peeked]) {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Interest::Write,
+                Err(e) => {
+                    debug!(shard = self.cfg.id, dir = d, error = %e, "destination failed");
+                    return self.close(slot, generation, failure(d, false));
+                }
+            };
+            // Consume exactly what the destination took.
+            match sys::recv(src, &mut self.diverted_buf[..sent], false) {
+                Ok(n) if n == sent => {}
+                other => {
+                    warn!(shard = self.cfg.id, dir = d, ?other, sent, "--forward sockmap: diverted bytes changed under a peek; closing the connection");
+                    return self.close(slot, generation, failure(d, true));
+                }
+            }
+            conn.diverted_written[d] += sent as u64;
+            conn.last_active_ms = self.now_ms;
+            moved += sent as u64;
+            if sent < peeked {
+                break Interest::Write;
+            }
+            if moved >= BATCH_BYTES {
+                break Interest::Read;
+            }
+        };
+        if moved > 0 {
+            self.stats.sockmap_diverted_bytes.add(moved);
+            // Once this is all the program passed, it redirects again.
+            let map = self.sockmap.as_mut().expect("sockmap engine has its map");
+            if let Err(e) = map.publish_written(conn.cookies[d], conn.diverted_written[d]) {
+                warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot publish a direction's count; closing the connection");
+                return self.close(slot, generation, CloseReason::Resource);
+            }
+        }
+        let fd = if wait == Interest::Write { dst } else { src }.as_raw_fd();
+        let kind = if wait == Interest::Write {
+            write_kind(d)
+        } else {
+            super::read_kind(d)
+        };
+        conn.inflight += 1;
+        self.driver
+            .poll(Token::new(kind, slot, generation), fd, wait);
+    }
+
+    /// Direction `d`'s source sent FIN and its queue is empty: once every
+    /// byte it received has been written into the destination (not just
+    /// queued in the kernel on its way there), shuts the destination's write
+    /// side; until then checks again after a short wait.
     pub(super) fn drain_kernel(&mut self, slot: u32, generation: u16, d: usize) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;

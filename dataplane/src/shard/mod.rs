@@ -70,7 +70,7 @@ pub struct ShardConfig {
     pub access_log: Option<AccessLog>,
     /// The sockmap engine's map ([`crate::sockmap::Program::map`]), when
     /// `forward` is [`ForwardMode::Sockmap`].
-    pub sockmap: Option<Arc<OwnedFd>>,
+    pub sockmap: Option<crate::sockmap::Maps>,
 }
 
 /// State shared by the control thread and every shard.
@@ -155,6 +155,12 @@ struct Conn {
     forwarded: bool,
     /// The kernel forwards it (sockmap engine; see [`Conn::mode`]).
     kernel: bool,
+    /// Sockmap engine: the sockets' cookies (client, upstream), the keys of
+    /// each direction's count in the program's map.
+    cookies: [u64; 2],
+    /// Sockmap engine: bytes of each direction the program diverted and the
+    /// shard wrote on.
+    diverted_written: [u64; 2],
     reason: CloseReason,
     /// What the access log needs; only allocated when it is on.
     log: Option<Box<LogInfo>>,
@@ -224,6 +230,12 @@ pub struct Shard<D: Driver> {
     spare_fd: Option<OwnedFd>,
     /// The sockmap engine's handle on its map.
     sockmap: Option<crate::sockmap::ShardMap>,
+    /// Sockmap engine: where diverted bytes pass through (allocated at the
+    /// first diverted byte).
+    diverted_buf: Vec<u8>,
+    /// Sockmap engine: `starved` holds diverted bytes waiting on the
+    /// kernel's own; retry after [`KERNEL_RETRY_MS`].
+    starved_soon: bool,
 }
 
 const ACCEPT_BACKOFF_MS: u64 = 50;
@@ -231,6 +243,9 @@ const ACCEPT_BACKOFF_MS: u64 = 50;
 const SHED_BATCH: usize = 256;
 /// How soon work waiting for a buffer or a pipe is retried.
 const STARVED_RETRY_MS: u64 = 10;
+/// Sockmap engine: how soon diverted bytes look again whether the bytes
+/// the kernel redirected ahead of them have left.
+const KERNEL_RETRY_MS: u64 = 1;
 /// Least time between two [`Shard::give_back_memory`] calls that free.
 const SHRINK_INTERVAL_MS: u64 = 1_000;
 /// At most one resource warning per shard per this many ms.
@@ -292,6 +307,8 @@ impl<D: Driver> Shard<D> {
             next_warning_ms: 0,
             spare_fd: sys::eventfd().ok(),
             sockmap: kernel::open_map(&cfg_sockmap, cfg_id),
+            diverted_buf: Vec::new(),
+            starved_soon: false,
         }
     }
 
@@ -335,7 +352,14 @@ impl<D: Driver> Shard<D> {
             self.shrink_at,
             // Work waiting for a buffer or pipe is retried soon even if
             // nothing else completes meanwhile.
-            (!self.starved.is_empty()).then_some(self.now_ms + STARVED_RETRY_MS),
+            (!self.starved.is_empty()).then_some(
+                self.now_ms
+                    + if self.starved_soon {
+                        KERNEL_RETRY_MS
+                    } else {
+                        STARVED_RETRY_MS
+                    },
+            ),
         ]
         .into_iter()
         .flatten()
@@ -596,6 +620,8 @@ impl<D: Driver> Shard<D> {
             connect_started: None,
             forwarded: false,
             kernel: false,
+            cookies: [0; 2],
+            diverted_written: [0; 2],
             reason: CloseReason::Done,
             log,
         });
@@ -793,6 +819,9 @@ impl<D: Driver> Shard<D> {
         };
         if conn.kernel {
             self.count_kernel_bytes(&mut conn);
+            if let Some(map) = self.sockmap.as_mut() {
+                map.forget(conn.cookies, conn.diverted_written.map(|w| w > 0));
+            }
         }
         for dir in &mut conn.dirs {
             dir.release(

@@ -29,7 +29,8 @@ impl<D: Driver> Shard<D> {
                 self.stats.copy_receives.add(1);
                 self.driver.recv_stream(token, src, Group::Io)
             }
-            ForwardMode::Sockmap => self.driver.poll(token, src, Interest::Hangup),
+            // Sockmap: bytes the program diverted, the FIN, or an error.
+            ForwardMode::Sockmap => self.driver.poll(token, src, Interest::Read),
             ForwardMode::Adaptive => unreachable!("resolved per direction"),
         }
     }
@@ -48,7 +49,7 @@ impl<D: Driver> Shard<D> {
         };
         let mode = conn.mode(self.cfg.forward);
         if mode == ForwardMode::Sockmap {
-            return self.on_hangup(slot, generation, d, c);
+            return self.on_kernel_event(slot, generation, d, kind == read_kind(d), c);
         }
         // Adaptive: this direction copies or splices, as it last chose.
         let adaptive = mode == ForwardMode::Adaptive;
@@ -89,7 +90,7 @@ impl<D: Driver> Shard<D> {
                 conn.dirs[d].on_ring_splice(&mut self.pipes, is_read, c.result, now)
             }
             ForwardMode::Sockmap | ForwardMode::Adaptive => {
-                unreachable!("handled by on_hangup, or resolved per direction")
+                unreachable!("handled by on_kernel_event, or resolved per direction")
             }
         };
         let moved = conn.dirs[d].bytes - before;
@@ -128,7 +129,7 @@ impl<D: Driver> Shard<D> {
                     ForwardMode::Splice => self.driver.poll(token, raw, Interest::Write),
                     ForwardMode::Copy => conn.dirs[d].send_pending(&mut self.driver, token, raw),
                     ForwardMode::Sockmap | ForwardMode::Adaptive => {
-                        unreachable!("handled by on_hangup, or resolved per direction")
+                        unreachable!("handled by on_kernel_event, or resolved per direction")
                     }
                     ForwardMode::RingSplice => {
                         let dir = &conn.dirs[d];
@@ -221,6 +222,7 @@ impl<D: Driver> Shard<D> {
         if self.starved.is_empty() {
             return;
         }
+        self.starved_soon = false;
         for (slot, generation, what) in std::mem::take(&mut self.starved) {
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 continue;
@@ -255,8 +257,9 @@ impl<D: Driver> Shard<D> {
                     // Copy: the receive found no buffer; ask again.
                     ForwardMode::Copy => self.arm_read(slot, generation, d),
                     // Sockmap: the FIN arrived before its bytes had all
-                    // left; check again.
-                    ForwardMode::Sockmap => self.drain_kernel(slot, generation, d),
+                    // left, or diverted bytes wait for redirected ones to
+                    // leave; check again.
+                    ForwardMode::Sockmap => self.service_kernel(slot, generation, d, false),
                     ForwardMode::Adaptive => unreachable!("resolved per direction"),
                 },
             }
