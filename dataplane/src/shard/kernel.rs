@@ -8,11 +8,10 @@
 //! verdict program passes further bytes to the source socket's own queue
 //! (its receive window then closes: that is the backpressure). The shard
 //! moves them: once every byte the kernel redirected has reached the
-//! destination's send queue (the program's count against TCP's), it peeks
-//! them, writes what the destination takes and consumes exactly that much,
-//! so it never holds a byte itself, then tells the program how many it
-//! wrote. The program redirects again once the shard has written all it
-//! passed.
+//! destination's send queue (the program's count against TCP's), it takes
+//! them (64 KiB at a time per direction, [`Held`]) and writes them on, then
+//! tells the program how many it wrote. The program redirects again once the
+//! shard has written all it passed.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -25,11 +24,32 @@ use crate::sockmap::{self, Maps, ShardMap};
 use crate::stats::CloseReason;
 use crate::sys;
 
-/// Size of the shard's buffer for diverted bytes.
-const SCRATCH_BYTES: usize = 64 * 1024;
+/// Size of a direction's buffer for diverted bytes.
+const HELD_BYTES: usize = 64 * 1024;
+/// Emptied buffers a shard keeps for the next diverted direction.
+const SPARE_HELD: usize = 8;
 /// Diverted bytes one wake-up moves before the direction waits its turn
 /// again (other connections run meanwhile).
 const BATCH_BYTES: u64 = 1 << 20;
+
+/// Bytes of one direction the program passed that the shard took from the
+/// source's queue and has not written yet (a connection holds one only while
+/// its direction is diverted and busy).
+pub(super) struct Held {
+    data: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            data: vec![0; HELD_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+}
 
 /// Opens the shard's handle on the maps; without one, every connection is
 /// closed at connect with [`CloseReason::Resource`] (and a warning).
@@ -186,85 +206,101 @@ impl<D: Driver> Shard<D> {
         } else {
             (upstream.as_fd(), conn.client.as_fd())
         };
-        if self.diverted_buf.is_empty() {
-            self.diverted_buf = vec![0; SCRATCH_BYTES];
-        }
         let mut moved = 0u64;
         let mut checked = false;
         let wait = loop {
-            let peeked = match sys::recv(src, &mut self.diverted_buf, true) {
+            // Bytes already taken from the source go first.
+            if let Some(held) = conn.held[d].as_mut().filter(|h| h.start < h.end) {
+                // Order: what the kernel redirected goes before them. While
+                // bytes are held the program redirects nothing more, so its
+                // count stands still and one check covers this wake-up.
+                if !checked {
+                    let map = self.sockmap.as_ref().expect("sockmap engine has its map");
+                    let redirected = match map.flow(conn.cookies[d]) {
+                        Ok(flow) => flow.map_or(0, |f| f.redirected()),
+                        Err(e) => {
+                            warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot read a direction's count; closing the connection");
+                            return self.close(slot, generation, CloseReason::Resource);
+                        }
+                    };
+                    let Ok(written) = written_into(dst, d == 0) else {
+                        return self.close(slot, generation, failure(d, false));
+                    };
+                    if written.saturating_sub(conn.diverted_written[d]) < redirected {
+                        debug!(
+                            shard = self.cfg.id,
+                            dir = d,
+                            redirected,
+                            written,
+                            "diverted bytes wait for redirected ones"
+                        );
+                        if writable {
+                            // Room, but the kernel has not sent its part
+                            // yet (its worker is about to): look again
+                            // shortly.
+                            self.starved.push((slot, generation, Starved::Dir(d)));
+                            self.starved_soon = true;
+                            return;
+                        }
+                        // The kernel sends its part as the destination
+                        // makes room: wait for room.
+                        break Interest::Write;
+                    }
+                    checked = true;
+                }
+                match sys::send(dst, &held.data[held.start..held.end]) {
+                    Ok(n) => {
+                        held.start += n;
+                        conn.diverted_written[d] += n as u64;
+                        conn.last_active_ms = self.now_ms;
+                        moved += n as u64;
+                        if held.start < held.end {
+                            break Interest::Write;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Interest::Write,
+                    Err(e) => {
+                        debug!(shard = self.cfg.id, dir = d, error = %e, "destination failed");
+                        return self.close(slot, generation, failure(d, false));
+                    }
+                }
+                if moved >= BATCH_BYTES {
+                    break Interest::Read;
+                }
+                continue;
+            }
+            // Nothing held: take what the program passed.
+            let held = conn.held[d].get_or_insert_with(|| {
+                self.spare_held
+                    .pop()
+                    .unwrap_or_else(|| Box::new(Held::new()))
+            });
+            match sys::recv(src, &mut held.data, false) {
                 Ok(0) => {
+                    let held = conn.held[d].take();
+                    if self.spare_held.len() < SPARE_HELD {
+                        self.spare_held.extend(held);
+                    }
                     conn.dirs[d].hangup = true;
                     conn.last_active_ms = self.now_ms;
                     return self.drain_kernel(slot, generation, d);
                 }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Interest::Read,
+                Ok(n) => {
+                    held.start = 0;
+                    held.end = n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Quiet again: the buffer goes back for the next one.
+                    let held = conn.held[d].take();
+                    if self.spare_held.len() < SPARE_HELD {
+                        self.spare_held.extend(held);
+                    }
+                    break Interest::Read;
+                }
                 Err(e) => {
                     debug!(shard = self.cfg.id, dir = d, error = %e, "source failed");
                     return self.close(slot, generation, failure(d, true));
                 }
-            };
-            // Order: what the kernel redirected goes first. While bytes
-            // wait here the program redirects nothing more, so its count
-            // stands still and one check covers this whole wake-up.
-            if !checked {
-                let map = self.sockmap.as_ref().expect("sockmap engine has its map");
-                let redirected = match map.flow(conn.cookies[d]) {
-                    Ok(flow) => flow.map_or(0, |f| f.redirected()),
-                    Err(e) => {
-                        warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot read a direction's count; closing the connection");
-                        return self.close(slot, generation, CloseReason::Resource);
-                    }
-                };
-                let Ok(written) = written_into(dst, d == 0) else {
-                    return self.close(slot, generation, failure(d, false));
-                };
-                if written.saturating_sub(conn.diverted_written[d]) < redirected {
-                    debug!(
-                        shard = self.cfg.id,
-                        dir = d,
-                        redirected,
-                        written,
-                        "diverted bytes wait for redirected ones"
-                    );
-                    if writable {
-                        // Room, but the kernel has not sent its part yet
-                        // (its worker is about to): look again shortly.
-                        self.starved.push((slot, generation, Starved::Dir(d)));
-                        self.starved_soon = true;
-                        return;
-                    }
-                    // The kernel sends its part as the destination makes
-                    // room: wait for room.
-                    break Interest::Write;
-                }
-                checked = true;
-            }
-            let sent = match sys::send(dst, &self.diverted_buf[..peeked]) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Interest::Write,
-                Err(e) => {
-                    debug!(shard = self.cfg.id, dir = d, error = %e, "destination failed");
-                    return self.close(slot, generation, failure(d, false));
-                }
-            };
-            // Consume exactly what the destination took.
-            match sys::recv(src, &mut self.diverted_buf[..sent], false) {
-                Ok(n) if n == sent => {}
-                other => {
-                    warn!(shard = self.cfg.id, dir = d, ?other, sent, "--forward sockmap: diverted bytes changed under a peek; closing the connection");
-                    return self.close(slot, generation, failure(d, true));
-                }
-            }
-            conn.diverted_written[d] += sent as u64;
-            conn.last_active_ms = self.now_ms;
-            moved += sent as u64;
-            if sent < peeked {
-                break Interest::Write;
-            }
-            if moved >= BATCH_BYTES {
-                break Interest::Read;
             }
         };
         if moved > 0 {

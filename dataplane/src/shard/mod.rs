@@ -161,6 +161,9 @@ struct Conn {
     /// Sockmap engine: bytes of each direction the program diverted and the
     /// shard wrote on.
     diverted_written: [u64; 2],
+    /// Sockmap engine: diverted bytes of each direction taken from the
+    /// source and not yet written.
+    held: [Option<Box<kernel::Held>>; 2],
     reason: CloseReason,
     /// What the access log needs; only allocated when it is on.
     log: Option<Box<LogInfo>>,
@@ -230,9 +233,11 @@ pub struct Shard<D: Driver> {
     spare_fd: Option<OwnedFd>,
     /// The sockmap engine's handle on its map.
     sockmap: Option<crate::sockmap::ShardMap>,
-    /// Sockmap engine: where diverted bytes pass through (allocated at the
-    /// first diverted byte).
-    diverted_buf: Vec<u8>,
+    /// Sockmap engine: emptied buffers for diverted bytes, kept for the
+    /// next direction that needs one. Boxed as connections hold them, so
+    /// handing one over moves a pointer.
+    #[allow(clippy::vec_box)]
+    spare_held: Vec<Box<kernel::Held>>,
     /// Sockmap engine: `starved` holds diverted bytes waiting on the
     /// kernel's own; retry after [`KERNEL_RETRY_MS`].
     starved_soon: bool,
@@ -307,7 +312,7 @@ impl<D: Driver> Shard<D> {
             next_warning_ms: 0,
             spare_fd: sys::eventfd().ok(),
             sockmap: kernel::open_map(&cfg_sockmap, cfg_id),
-            diverted_buf: Vec::new(),
+            spare_held: Vec::new(),
             starved_soon: false,
         }
     }
@@ -622,6 +627,7 @@ impl<D: Driver> Shard<D> {
             kernel: false,
             cookies: [0; 2],
             diverted_written: [0; 2],
+            held: [None, None],
             reason: CloseReason::Done,
             log,
         });
