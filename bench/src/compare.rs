@@ -867,7 +867,9 @@ fn goals(r: &Results, args: &ReportArgs, md: &mut String) {
             Some(g) => format!("goal {} µs (half the best peer's)", fmt_num(g, 0)),
             None => "no peer ran".to_string(),
         }];
-        if let Some((_, p)) = &peer {
+        // A ratio to a negative or zero added p99 (a peer below no proxy in
+        // the noise) means nothing.
+        if let Some((_, p)) = peer.as_ref().filter(|(_, p)| p.median > 0.0) {
             verdict.push(format!("{:.1}× the best peer", this.median / p.median));
         }
         verdict.push(format!(
