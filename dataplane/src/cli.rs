@@ -172,10 +172,13 @@ pub struct ServeArgs {
 
     /// How copying directions (`--forward copy`, and `adaptive` while it
     /// copies) receive on io_uring: `single` (one receive submitted per
-    /// message; the default) or `multishot` (one submission keeps
-    /// delivering messages, each into a buffer of its own, until the
-    /// direction holds 4 buffers its destination has not taken yet; Linux
-    /// 6.0 or later). The epoll engine always receives once per message.
+    /// message) or `multishot` (one submission keeps delivering messages,
+    /// each into a buffer of its own, until the direction holds 4 buffers
+    /// its destination has not taken yet; Linux 6.0 or later, single
+    /// receives before). `single` is the default: measured side by side,
+    /// multishot saved no host CPU on paced request/response and at most
+    /// a few percent closed loop (BENCHMARKS.md, "Multishot receive"). The
+    /// epoll engine always receives once per message.
     #[arg(long, value_enum, default_value = "single")]
     pub recv: RecvMode,
 

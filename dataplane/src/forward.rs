@@ -718,6 +718,210 @@ mod tests {
         assert!(!dir.fall_back_to_copy());
     }
 
+    /// An engine that only hands out and takes back copy buffers.
+    #[derive(Default)]
+    struct Buffers {
+        recycled: Vec<u16>,
+    }
+
+    impl Driver for Buffers {
+        fn accept(&mut self, _: Token, _: RawFd) {}
+        fn poll(&mut self, _: Token, _: RawFd, _: crate::driver::Interest) {}
+        fn poll_multi(&mut self, _: Token, _: RawFd) {}
+        fn recv(&mut self, _: Token, _: RawFd, _: Group, _: bool) {}
+        fn send(&mut self, _: Token, _: RawFd, _: Group, _: u16, _: u32, _: u32) {}
+        fn connect(
+            &mut self,
+            _: Token,
+            _: Token,
+            _: RawFd,
+            _: &crate::sys::RawSockAddr,
+            _: std::time::Duration,
+        ) {
+        }
+        fn splice_when_ready(
+            &mut self,
+            _: Token,
+            _: Token,
+            _: RawFd,
+            _: crate::driver::Interest,
+            _: RawFd,
+            _: RawFd,
+            _: u32,
+        ) {
+        }
+        fn cancel_fd(&mut self, _: Token, _: RawFd) {}
+        fn end_reads(&mut self, _: BorrowedFd<'_>) {}
+        fn buffer(&self, _: Group, _: u16, _: usize) -> &[u8] {
+            &[]
+        }
+        fn buffer_size(&self, _: Group) -> usize {
+            100
+        }
+        fn recycle(&mut self, _: Group, buffer: u16) {
+            self.recycled.push(buffer);
+        }
+        fn wait(
+            &mut self,
+            _: Option<std::time::Duration>,
+            _: &mut Vec<Completion>,
+        ) -> io::Result<()> {
+            Ok(())
+        }
+        fn adopt(&mut self, _: &Completion) -> Option<std::os::fd::OwnedFd> {
+            None
+        }
+    }
+
+    fn received(result: i32, buffer: Option<u16>, more: bool) -> Completion {
+        Completion {
+            token: Token(0),
+            result,
+            buffer,
+            more,
+        }
+    }
+
+    #[test]
+    fn multishot_copy_queues_in_order_stops_and_waits_for_the_held_bytes() {
+        let mut driver = Buffers::default();
+        let mut queue = BufferQueue::new(8);
+        let mut dir = Dir::default();
+        dir.armed();
+        let recv = |dir: &mut Dir, driver: &mut Buffers, queue: &mut BufferQueue, c| {
+            dir.on_copy(driver, queue, true, c, false)
+        };
+        // The first buffer is sent at once; the next ones queue behind it.
+        assert_eq!(
+            recv(
+                &mut dir,
+                &mut driver,
+                &mut queue,
+                received(10, Some(5), true)
+            ),
+            Step::Write
+        );
+        for bid in [2, 7] {
+            assert_eq!(
+                recv(
+                    &mut dir,
+                    &mut driver,
+                    &mut queue,
+                    received(20, Some(bid), true)
+                ),
+                Step::Wait
+            );
+            assert!(!dir.take_stop());
+        }
+        // The fourth held buffer stops the receive, once.
+        assert_eq!(
+            recv(
+                &mut dir,
+                &mut driver,
+                &mut queue,
+                received(30, Some(0), true)
+            ),
+            Step::Wait
+        );
+        assert!(dir.take_stop());
+        assert!(!dir.take_stop());
+        assert_eq!(queue.held(), 4);
+        // A buffer delivered before the cancellation landed still queues.
+        assert_eq!(
+            recv(
+                &mut dir,
+                &mut driver,
+                &mut queue,
+                received(40, Some(3), true)
+            ),
+            Step::Wait
+        );
+        assert_eq!(
+            recv(
+                &mut dir,
+                &mut driver,
+                &mut queue,
+                received(-libc::ECANCELED, None, false)
+            ),
+            Step::Wait
+        );
+        assert!(!dir.is_reading() && dir.is_writing());
+        let sent = |dir: &mut Dir, driver: &mut Buffers, queue: &mut BufferQueue, n| {
+            dir.on_copy(driver, queue, false, received(n, None, false), false)
+        };
+        // A partial send keeps the buffer; each full one moves to the next.
+        assert_eq!(sent(&mut dir, &mut driver, &mut queue, 4), Step::Write);
+        assert_eq!(dir.held, Some((5, 4, 6)));
+        assert_eq!(sent(&mut dir, &mut driver, &mut queue, 6), Step::Write);
+        assert_eq!(dir.held, Some((2, 0, 20)));
+        assert_eq!(sent(&mut dir, &mut driver, &mut queue, 20), Step::Write);
+        assert_eq!(sent(&mut dir, &mut driver, &mut queue, 20), Step::Write);
+        assert_eq!(sent(&mut dir, &mut driver, &mut queue, 30), Step::Write);
+        // The last one sent, the receive is armed again.
+        assert_eq!(sent(&mut dir, &mut driver, &mut queue, 40), Step::Read);
+        assert_eq!(driver.recycled, [5, 2, 7, 0, 3]);
+        assert_eq!((dir.bytes, queue.held()), (120, 0));
+
+        // The FIN waits for the bytes before it.
+        dir.armed();
+        assert_eq!(
+            recv(
+                &mut dir,
+                &mut driver,
+                &mut queue,
+                received(10, Some(1), true)
+            ),
+            Step::Write
+        );
+        assert_eq!(
+            recv(&mut dir, &mut driver, &mut queue, received(0, None, false)),
+            Step::Wait
+        );
+        assert_eq!(sent(&mut dir, &mut driver, &mut queue, 10), Step::Eof);
+
+        // Released mid-queue: every buffer goes back.
+        let mut dir = Dir::default();
+        dir.armed();
+        for bid in [4, 6] {
+            recv(
+                &mut dir,
+                &mut driver,
+                &mut queue,
+                received(10, Some(bid), true),
+            );
+        }
+        driver.recycled.clear();
+        dir.release(&mut PipePool::new(4096, 1), &mut driver, &mut queue, 0);
+        assert_eq!(driver.recycled, [4, 6]);
+        assert_eq!(queue.held(), 0);
+    }
+
+    #[test]
+    fn multishot_copy_stops_a_streaming_adaptive_direction() {
+        let mut driver = Buffers::default();
+        let mut queue = BufferQueue::new(8);
+        let mut dir = Dir::default();
+        dir.armed();
+        for i in 0..STREAM_READS {
+            let step = dir.on_copy(
+                &mut driver,
+                &mut queue,
+                true,
+                received(100, Some(u16::from(i)), true),
+                true,
+            );
+            assert_eq!(step, if i == 0 { Step::Write } else { Step::Wait });
+            assert_eq!(
+                dir.take_stop(),
+                i + 1 == STREAM_READS,
+                "after {} reads",
+                i + 1
+            );
+        }
+        // Nothing switches while a receive is in flight or buffers are held.
+        assert_eq!(dir.adapt(), None);
+    }
+
     #[test]
     fn ring_splice_waits_once_the_shard_holds_its_most_pipes() {
         let mut pool = PipePool::new(4096, 8);

@@ -123,7 +123,7 @@ impl Uring {
             peek,
             io,
             arena,
-            multishot_recv: cfg.multishot_recv,
+            multishot_recv: cfg.multishot_recv && multishot_recv_supported(),
             inflight: 0,
         })
     }
@@ -428,6 +428,27 @@ impl Drop for Uring {
             }
         }
     }
+}
+
+/// Multishot receives need Linux 6.0; before it the kernel refuses each one
+/// (`EINVAL`), which would fail every connection. Says so once per process
+/// when `--recv multishot` has to fall back to single receives.
+fn multishot_recv_supported() -> bool {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit());
+    let mut number = || parts.next().and_then(|p| p.parse::<u32>().ok());
+    let version = (number(), number());
+    let supported = matches!(version, (Some(major), Some(_)) if major >= 6);
+    if !supported {
+        WARNED.call_once(|| {
+            tracing::warn!(
+                kernel = release.trim(),
+                "--recv multishot needs Linux 6.0 or later; receiving once per message"
+            );
+        });
+    }
+    supported
 }
 
 fn build_ring(entries: u32) -> io::Result<IoUring> {

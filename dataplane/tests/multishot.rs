@@ -216,3 +216,27 @@ fn slow_reader_bounds_the_buffers_held_body() {
     );
     gw.assert_running();
 }
+
+#[test]
+fn recv_flag_refuses_other_values() {
+    run_bounded(
+        "recv_flag_refuses_other_values",
+        Duration::from_secs(30),
+        || {
+            let (code, out) = common::run::meshgate_output(&[
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--routes",
+                "/nonexistent.toml",
+                "--recv",
+                "many",
+            ]);
+            assert_eq!(code, Some(64), "--recv many: {out}");
+            assert!(
+                out.contains("--recv") && out.contains("single, multishot"),
+                "--recv many: the message does not name the flag and its values: {out}"
+            );
+        },
+    );
+}
