@@ -538,7 +538,6 @@ impl Dir {
         match (c.result, c.buffer) {
             (n, Some(bid)) if n > 0 => {
                 let n = n as u32;
-                self.note_read(n as usize >= driver.buffer_size(Group::Io));
                 queue.held += 1;
                 let step = if holding {
                     self.push(queue, bid, n);
@@ -547,6 +546,11 @@ impl Dir {
                     self.held = Some((bid, 0, n));
                     Step::Write
                 };
+                // Streaming: a buffer's worth waits to be sent. A single
+                // receive sees it as a full buffer; a multishot one takes
+                // bytes as they arrive, so they pile up across buffers.
+                let size = driver.buffer_size(Group::Io);
+                self.note_read(n as usize >= size || self.waiting_bytes(queue) >= size);
                 // A destination slower than the source, or (adaptive) a
                 // direction that streams and will splice: stop receiving.
                 let held = 1 + self.queued_count;
@@ -578,6 +582,22 @@ impl Dir {
                 }
             }
         }
+    }
+
+    /// Bytes received and not sent yet: the rest of the buffer being sent
+    /// and every queued one.
+    fn waiting_bytes(&self, queue: &BufferQueue) -> usize {
+        let mut bytes = self.held.map_or(0, |(_, _, left)| left as usize);
+        if let Some((mut bid, last)) = self.queued {
+            loop {
+                bytes += queue.len[usize::from(bid)] as usize;
+                if bid == last {
+                    break;
+                }
+                bid = queue.next[usize::from(bid)];
+            }
+        }
+        bytes
     }
 
     /// Queues buffer `bid` (`len` bytes) behind those the direction holds.

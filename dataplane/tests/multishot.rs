@@ -9,6 +9,8 @@
 //!   gateway's held copy buffers (`meshgate_copy_buffers_held`) stay bounded (the
 //!   multishot receive is stopped), and once the upstream reads, every byte arrives in
 //!   order.
+//! - The adaptive engine with multishot receives: bursts move both directions to splice
+//!   (each stops its receive first) and small messages back to copy, every byte intact.
 //!
 //! (Every forwarding test runs with multishot receives too, through `forward_tests!`:
 //! the `multishot` and `adaptive_multishot` variants.)
@@ -237,6 +239,103 @@ fn recv_flag_refuses_other_values() {
                 out.contains("--recv") && out.contains("single, multishot"),
                 "--recv many: the message does not name the flag and its values: {out}"
             );
+        },
+    );
+}
+
+/// Writes `len` bytes of pattern `seed` from another thread while this one reads the
+/// echo; checks it came back unaltered.
+fn echo_burst(client: &mut TcpStream, seed: u64, len: usize) {
+    let mut writer = client.try_clone().expect("clone the client socket");
+    let sender = std::thread::spawn(move || {
+        let mut pattern = Pattern::new(seed);
+        let mut chunk = vec![0u8; 128 * 1024];
+        for _ in 0..len / chunk.len() {
+            pattern.fill(&mut chunk);
+            writer.write_all(&chunk)?;
+        }
+        Ok::<(), std::io::Error>(())
+    });
+    let mut hash = StreamHash::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while (hash.len() as usize) < len {
+        let want = (len - hash.len() as usize).min(buf.len());
+        let n = client
+            .read(&mut buf[..want])
+            .unwrap_or_else(|e| panic!("burst {seed}: read after {} bytes: {e}", hash.len()));
+        assert!(n > 0, "burst {seed}: EOF after {} bytes", hash.len());
+        hash.update(&buf[..n]);
+    }
+    sender.join().expect("sender").expect("burst write");
+    assert_eq!(
+        hash.hex(),
+        Pattern::hash_of(seed, len).hex(),
+        "burst {seed}: the echo differs"
+    );
+}
+
+#[test]
+fn adaptive_switches_with_multishot_receives() {
+    run_bounded(
+        "adaptive_switches_with_multishot_receives",
+        Duration::from_secs(60),
+        || {
+            let echo = RawBackend::start("e", "127.0.0.1:0", RawMode::Echo).unwrap();
+            let name = sni("api", "dc1");
+            let routes = RoutesFile::from_routes(Some(1), &[Route::new(&name, [echo.addr()])]);
+            let mut opts = GatewayOpts::new(routes.path(), Forward::AdaptiveMultishot);
+            opts.extra_args = vec!["--admin".into(), "127.0.0.1:0".into()];
+            let gw = Gateway::start(&opts);
+            let metric = |key: &str| Metrics::read(gw.admin_addr()).get(key);
+            let hello = client_hello(Some(&name), 0);
+            let mut client = tcp_connect(gw.addr());
+            client.write_all(&hello).unwrap();
+            assert_eq!(
+                read_exactly(&mut client, hello.len(), "echoed hello"),
+                hello
+            );
+            for round in 1..=3u64 {
+                // A burst: each direction stops its multishot receive, sends what it
+                // holds, and moves to splice.
+                echo_burst(&mut client, round, 1 << 20);
+                let to_splice = metric("meshgate_direction_switches_total{to=\"splice\"}");
+                assert!(
+                    to_splice >= 2 * round,
+                    "after burst {round}: {to_splice} switches to splice"
+                );
+                // Small messages: back to copy, on multishot receives again.
+                for i in 0..16 {
+                    let message = Pattern::bytes(round * 100 + i, 64);
+                    client.write_all(&message).unwrap();
+                    assert_eq!(
+                        read_exactly(&mut client, 64, &format!("round {round}, message {i}")),
+                        message,
+                        "round {round}: message {i} differs"
+                    );
+                }
+                let to_copy = metric("meshgate_direction_switches_total{to=\"copy\"}");
+                assert!(
+                    to_copy >= 2 * round,
+                    "after the quiet spell {round}: {to_copy} switches to copy"
+                );
+            }
+            let submitted = metric("meshgate_copy_receives_total");
+            let completed = metric("meshgate_copy_receive_completions_total");
+            eprintln!("adaptive, multishot: {submitted} receives, {completed} completions");
+            assert!(
+                submitted * 2 < completed,
+                "{submitted} receives submitted for {completed} completions: not multishot"
+            );
+            drop(client);
+            assert!(
+                poll_until(Duration::from_secs(10), || {
+                    let m = Metrics::read(gw.admin_addr());
+                    m.sum("meshgate_connections_active{") == 0
+                        && m.sum("meshgate_copy_buffers_held{") == 0
+                }),
+                "the connection or its buffers stayed after the client left"
+            );
+            gw.assert_running();
         },
     );
 }
