@@ -932,11 +932,11 @@ fn goals(r: &Results, args: &ReportArgs, md: &mut String) {
          medians: added host CPU the lowest of every target but the floor \
          and within 15 % of the floor on every workload; added p99 at the paced rate at \
          most half the best peer's, with a range (max − min) no wider than the median; \
-         idle threads no more with connections open than before. \"Best\" engine and \
-         peer are the lowest median among the other meshgate engines that need no BPF \
-         and among the peers. Ranges are [min–max] over the repetitions; a verdict on \
-         a gap inside them is not resolved by the run.\n\n\
-         | goal | {refr} | best other meshgate engine | best peer | floor | verdict |\n\
+         idle threads no more with connections open than before. \"Best\" meshgate and \
+         peer are the lowest median among the other meshgate targets that need no BPF \
+         (engines and `--variant`s) and among the peers. Ranges are [min–max] over \
+         the repetitions; a verdict on a gap inside them is not resolved by the run.\n\n\
+         | goal | {refr} | best other meshgate | best peer | floor | verdict |\n\
          |---|---|---|---|---|---|\n"
     );
     for row in rows {
@@ -1282,7 +1282,7 @@ mod tests {
             (1, "meshgate-copy", 200.0, 58.0),
             (2, "meshgate-copy", 220.0, 58.0),
             (3, "meshgate-copy", 240.0, 58.0),
-            // BPF: left out of "best other meshgate engine".
+            // BPF: left out of "best other meshgate".
             (1, "meshgate-sockmap", 110.0, 30.0),
             (2, "meshgate-sockmap", 110.0, 30.0),
             (3, "meshgate-sockmap", 110.0, 30.0),
