@@ -29,7 +29,7 @@ meshgate=target/release/meshgate bench=target/release/meshgate-bench
 for b in "$meshgate" "$bench"; do
   [ -x "$b" ] || { echo "run.sh: $b missing (cargo build --release -p meshgate -p meshgate-bench)" >&2; exit 69; }
 done
-ip=127.0.0.1 port=18443 backend=127.0.0.1:19101 sni=bench.local
+ip=127.0.0.1 port=18443 backend=127.0.0.1:19101 sni=bench.local admin=127.0.0.1:18445
 dir=$(mktemp -d)
 gw_pid=
 stop() {
@@ -40,7 +40,7 @@ printf '[[routes]]\nsni = "%s"\nendpoints = ["%s"]\n' "$sni" "$backend" >"$dir/r
 
 start() { # forward
   "$meshgate" serve --listen "$ip:$port" --routes "$dir/routes.toml" --shards 2 \
-    --admin none --drain-timeout-secs 1 --forward "$1" >"$dir/gw.log" 2>&1 &
+    --admin "$admin" --drain-timeout-secs 1 --forward "$1" >"$dir/gw.log" 2>&1 &
   gw_pid=$!
   for _ in $(seq 100); do
     grep -q "listening" "$dir/gw.log" && return 0
@@ -76,7 +76,7 @@ sample_kernel() {
   echo "$top_mem $top_slab"
 }
 
-targets=(none sockmap splice copy)
+targets=(none sockmap adaptive splice copy)
 : >"$out"
 for rep in $(seq "$reps"); do
   for case in rr rr-rate bulk cps idle; do
@@ -97,9 +97,17 @@ for rep in $(seq "$reps"); do
       bench_pid=$!
       top=$(sample_kernel "$bench_pid")
       wait "$bench_pid"
+      # Bytes the sockmap engine's program diverted to the gateway, and all
+      # bytes forwarded (0 and 0 without a gateway).
+      diverted=0 forwarded=0
+      if [ "$t" != none ]; then
+        metrics=$(curl -s "http://$admin/metrics" || true)
+        diverted=$(awk '/^meshgate_sockmap_diverted_bytes_total / {print $2}' <<<"$metrics")
+        forwarded=$(awk '/^meshgate_sent_to_(client|upstream)_bytes_total / {s += $2} END {print s + 0}' <<<"$metrics")
+      fi
       stop
-      python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kernel"]={"tcp_pages_before":int(sys.argv[2]),"slab_kib_before":int(sys.argv[3]),"tcp_pages_max":int(sys.argv[4]),"slab_kib_max":int(sys.argv[5])}; print(json.dumps(d))' \
-        "$dir/run.json" "$mem0" "$slab0" $top >>"$out"
+      python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); d["kernel"]={"tcp_pages_before":int(sys.argv[2]),"slab_kib_before":int(sys.argv[3]),"tcp_pages_max":int(sys.argv[4]),"slab_kib_max":int(sys.argv[5])}; d["gateway"]={"diverted_bytes":float(sys.argv[6] or 0),"forwarded_bytes":float(sys.argv[7] or 0)}; print(json.dumps(d))' \
+        "$dir/run.json" "$mem0" "$slab0" $top "${diverted:-0}" "${forwarded:-0}" >>"$out"
       echo "rep $rep $case $t done" >&2
     done
   done

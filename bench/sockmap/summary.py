@@ -46,7 +46,7 @@ def main():
         if line:
             d = json.loads(line)
             runs[(case_of(d), d["label"])].append(d)
-    targets = ["none", "sockmap", "splice", "copy"]
+    targets = ["none", "sockmap", "adaptive", "splice", "copy"]
 
     def m(case, target, *path):
         return med(get(d, *path) for d in runs[(case, target)])
@@ -69,14 +69,22 @@ def main():
                   f"| {fmt(added(case, t, 'host', 'busy_us_per_request'), 2) if t != 'none' else '–'} "
                   f"| {fmt(added(case, t, 'latency_us', 'p50')) if t != 'none' else '–'} "
                   f"| {fmt(added(case, t, 'latency_us', 'p99')) if t != 'none' else '–'} |")
+    def diverted(case, t):
+        shares = [get(d, "gateway", "diverted_bytes") / get(d, "gateway", "forwarded_bytes")
+                  for d in runs[(case, t)]
+                  if get(d, "gateway", "forwarded_bytes")]
+        return None if not shares else 100 * med(shares)
+
     print("\nbulk download, 4 streams\n")
-    print("| target | Gbit/s | host CPU s/GiB | added s/GiB |")
-    print("|---|---|---|---|")
+    print("| target | Gbit/s | host CPU s/GiB | added s/GiB | diverted to the gateway |")
+    print("|---|---|---|---|---|")
     for t in targets:
         if runs[("bulk", t)]:
+            share = diverted("bulk", t) if t == "sockmap" else None
             print(f"| {t} | {fmt(m('bulk', t, 'throughput', 'gbit_per_sec'), 2)} "
                   f"| {fmt(m('bulk', t, 'host', 'busy_secs_per_gib'), 3)} "
-                  f"| {fmt(added('bulk', t, 'host', 'busy_secs_per_gib'), 3) if t != 'none' else '–'} |")
+                  f"| {fmt(added('bulk', t, 'host', 'busy_secs_per_gib'), 3) if t != 'none' else '–'} "
+                  f"| {fmt(share, 0) + ' %' if share is not None else '–'} |")
     print("\nchurn: connect, hello, 64-byte request and answer, close (32 workers)\n")
     print("| target | conn/s | p50 µs | host CPU ms/1,000 conns | added ms/1,000 conns |")
     print("|---|---|---|---|---|")

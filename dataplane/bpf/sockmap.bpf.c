@@ -29,6 +29,12 @@
  * wrote in WRITTEN. Order is kept by one rule: while a passed byte is not
  * yet written (passed > WRITTEN), every skb is passed too.
  *
+ * User space learns of passed bytes from EVENTS, not from readiness (a
+ * socket in the map reports itself readable after every skb, so polling it
+ * for input would wake the gateway once per message): the source's cookie
+ * is sent when a direction starts passing, and again for each skb passed
+ * while user space says, in WRITTEN, that it waits.
+ *
  * FIN, resets and half-close are not seen here: user space handles them.
  * A socket leaves PEERS when it closes; user space deletes its FLOWS entry.
  *
@@ -85,14 +91,31 @@ struct bpf_map_def SEC("maps") FLOWS = {
 	.map_flags = BPF_F_NO_PREALLOC,
 };
 
-/* Passed bytes user space has written to the peer, per source cookie;
- * written only by user space, and only for directions that passed any. */
+/* What user space did with a direction's passed bytes, per source cookie;
+ * written only by user space, and only for directions that passed any.
+ * Shared with dataplane/src/sockmap.rs (`Written`): keep the layout. */
+struct written {
+	/* Passed bytes written to the peer. */
+	__u64 bytes;
+	/* Non-zero while user space waits for more passed bytes. */
+	__u64 waiting;
+};
+
 struct bpf_map_def SEC("maps") WRITTEN = {
 	.type = BPF_MAP_TYPE_HASH,
 	.key_size = sizeof(__u64),
-	.value_size = sizeof(__u64),
+	.value_size = sizeof(struct written),
 	.max_entries = 65536,
 	.map_flags = BPF_F_NO_PREALLOC,
+};
+
+/* Source cookies of directions with passed bytes for user space. */
+struct bpf_map_def SEC("maps") EVENTS = {
+	.type = BPF_MAP_TYPE_RINGBUF,
+	.key_size = 0,
+	.value_size = 0,
+	.max_entries = 256 * 1024,
+	.map_flags = 0,
 };
 
 /* Bytes a direction may have in flight before its skbs are passed to user
@@ -152,18 +175,32 @@ int meshgate_verdict(struct __sk_buff *skb)
 	/* Modulo 2^32: what is in flight is far below 4 GiB. */
 	in_flight = (__u32)flow->taken - (seq - flow->base);
 	flow->taken += len;
+	/* Passing counts the bytes first (an atomic add, a full barrier) and
+	 * only then reads whether user space waits, while user space
+	 * publishes that it waits and only then reads the count: one of the
+	 * two sees the other, so passed bytes are never left without an event
+	 * and without a look. */
 	if (flow->passed != 0) {
-		__u64 *written = bpf_map_lookup_elem(&WRITTEN, &cookie);
+		struct written *written = bpf_map_lookup_elem(&WRITTEN, &cookie);
 
 		/* A passed byte still waits in user space: this one goes
 		 * behind it. */
-		if (!written || *written != flow->passed) {
-			flow->passed += len;
+		if (!written || written->bytes != flow->passed) {
+			__sync_fetch_and_add(&flow->passed, len);
+			written = bpf_map_lookup_elem(&WRITTEN, &cookie);
+			if (written && written->waiting)
+				bpf_ringbuf_output(&EVENTS, &cookie, sizeof(cookie), 0);
 			return SK_PASS;
 		}
 	}
 	if (in_flight + len > BUDGET) {
-		flow->passed += len;
+		/* Passing starts: user space must hear of it, or the bytes
+		 * would wait for ever; if it cannot, stay over the budget. */
+		__sync_fetch_and_add(&flow->passed, len);
+		if (bpf_ringbuf_output(&EVENTS, &cookie, sizeof(cookie), 0) != 0) {
+			__sync_fetch_and_add(&flow->passed, -(__s64)len);
+			return bpf_sk_redirect_hash(skb, &PEERS, &cookie, 0);
+		}
 		return SK_PASS;
 	}
 	return bpf_sk_redirect_hash(skb, &PEERS, &cookie, 0);

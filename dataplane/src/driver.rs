@@ -108,6 +108,10 @@ pub enum Interest {
     Read,
     /// Room to write (or an error).
     Write,
+    /// The peer's FIN (`POLLRDHUP`), a hang-up or an error, and nothing
+    /// else: the sockmap engine's wait, while the kernel moves the bytes.
+    /// The completion's result is the poll mask.
+    Hangup,
 }
 
 /// A finished (or, for multishot, progressing) operation.

@@ -34,6 +34,9 @@ enum ReadOp {
     },
     Accept(Token),
     Multi(Token),
+    /// Waits for `EPOLLRDHUP` (or a hang-up or an error) only; completes
+    /// with the event mask, never at once.
+    Hangup(Token),
 }
 
 enum WriteOp {
@@ -149,8 +152,10 @@ impl Epoll {
         let epoll = self.epoll.as_fd();
         let state = state_of(&mut self.fds, fd);
         let mut mask = 0u32;
-        if state.read.is_some() {
-            mask |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
+        match state.read {
+            Some(ReadOp::Hangup(_)) => mask |= libc::EPOLLRDHUP as u32,
+            Some(_) => mask |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32,
+            None => {}
         }
         if state.write.is_some() {
             mask |= libc::EPOLLOUT as u32;
@@ -227,6 +232,8 @@ impl Epoll {
                 self.complete(token, libc::POLLIN as i32, None, true);
                 Some(op)
             }
+            // Completed by `on_event` with the mask; nothing to try.
+            ReadOp::Hangup(_) => Some(op),
             ReadOp::Recv { token, group, peek } => {
                 let Some(bid) = self.pool(group).free.pop() else {
                     self.complete(token, -libc::ENOBUFS, None, false);
@@ -328,7 +335,13 @@ impl Epoll {
             != 0;
         let writable = events & (libc::EPOLLOUT | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
         if readable {
-            if let Some(op) = self.state(fd).read.take() {
+            if let Some(ReadOp::Hangup(token)) = self.state(fd).read {
+                let mask = events & (libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32;
+                if mask != 0 {
+                    self.state(fd).read = None;
+                    self.complete(token, mask as i32, None, false);
+                }
+            } else if let Some(op) = self.state(fd).read.take() {
                 let back = self.try_read(fd, op);
                 self.state(fd).read = back;
             }
@@ -412,7 +425,7 @@ fn state_of(fds: &mut Vec<FdState>, fd: RawFd) -> &mut FdState {
 
 fn read_token(op: &ReadOp) -> Token {
     match op {
-        ReadOp::Poll(t) | ReadOp::Accept(t) | ReadOp::Multi(t) => *t,
+        ReadOp::Poll(t) | ReadOp::Accept(t) | ReadOp::Multi(t) | ReadOp::Hangup(t) => *t,
         ReadOp::Recv { token, .. } => *token,
     }
 }
@@ -427,6 +440,7 @@ impl Driver for Epoll {
         match interest {
             Interest::Read => self.state(fd).read = Some(ReadOp::Poll(token)),
             Interest::Write => self.state(fd).write = Some(WriteOp::Poll(token)),
+            Interest::Hangup => self.state(fd).read = Some(ReadOp::Hangup(token)),
         }
         self.update_interest(fd);
     }

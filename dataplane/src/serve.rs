@@ -280,7 +280,9 @@ pub fn serve(args: ServeArgs) -> Result<(), ServeError> {
     let max_per_shard = args.max_connections.div_ceil(shards).max(1);
     // Kept until serve returns: dropping it detaches the program.
     let sockmap = (forward == ForwardMode::Sockmap)
-        .then(|| crate::sockmap::Program::load(max_per_shard * shards, args.sockmap_budget_kib))
+        .then(|| {
+            crate::sockmap::Program::load(max_per_shard * shards, args.sockmap_budget_kib, shards)
+        })
         .transpose()
         .map_err(|e| ServeError::NoBpf(e.to_string()))?;
     let (ready_tx, ready_rx) = mpsc::channel::<Result<(), io::Error>>();

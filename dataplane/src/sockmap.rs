@@ -18,12 +18,13 @@
 //! and to declaring [`Flow`] plain data for the map.
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem::{size_of, MaybeUninit};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex};
 
-use aya::maps::{HashMap, Map, MapData, SockHash};
+use aya::maps::{HashMap, Map, MapData, RingBuf, SockHash};
 use aya::programs::SkSkb;
 use aya::Ebpf;
 
@@ -41,6 +42,8 @@ const MAP: &str = "PEERS";
 const FLOWS: &str = "FLOWS";
 /// The name of the map of passed bytes user space wrote.
 const WRITTEN: &str = "WRITTEN";
+/// The name of the ring of directions with passed bytes.
+const EVENTS: &str = "EVENTS";
 /// The budget's name in the object (a read-only global).
 const BUDGET: &str = "BUDGET";
 /// Default for `--sockmap-budget-kib`: bytes one direction may have on its
@@ -77,7 +80,100 @@ pub struct Maps {
     peers: Arc<OwnedFd>,
     flows: Arc<OwnedFd>,
     written: Arc<OwnedFd>,
+    /// The program's events, read by every shard.
+    pub events: Arc<Events>,
 }
+
+/// The program's events (`EVENTS`): source cookies of directions whose bytes
+/// it passed to user space. Every shard polls the ring ([`Events::fd`]);
+/// whichever wakes first drains it into a log that each shard reads from
+/// its own position, keeping the cookies of its connections, and wakes the
+/// others (a poll that finds the ring already drained reports nothing).
+pub struct Events {
+    fd: OwnedFd,
+    inner: Mutex<EventLog>,
+}
+
+struct EventLog {
+    ring: RingBuf<MapData>,
+    /// Cookies not yet read by every shard; `log[0]` is number `first`.
+    log: VecDeque<u64>,
+    first: u64,
+    /// Per shard: the number of the next cookie it reads.
+    read: Vec<u64>,
+    /// Per shard: its wake-up eventfd, once registered.
+    wakes: Vec<Option<Arc<OwnedFd>>>,
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events").field("fd", &self.fd).finish()
+    }
+}
+
+impl Events {
+    /// The ring's descriptor: readable while events wait.
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Registers shard `shard`'s wake-up eventfd: written when another
+    /// shard drains events into the log.
+    pub fn register(&self, shard: usize, wake: Arc<OwnedFd>) {
+        if let Ok(mut inner) = self.inner.lock() {
+            if let Some(slot) = inner.wakes.get_mut(shard) {
+                *slot = Some(wake);
+            }
+        }
+    }
+
+    /// Appends to `out` the cookies shard `shard` has not read yet.
+    pub fn take(&self, shard: usize, out: &mut Vec<u64>) {
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let inner = &mut *inner;
+        let before = inner.log.len();
+        while let Some(item) = inner.ring.next() {
+            if let Ok(bytes) = <[u8; 8]>::try_from(&item[..]) {
+                inner.log.push_back(u64::from_ne_bytes(bytes));
+            }
+        }
+        if inner.log.len() > before {
+            for (other, wake) in inner.wakes.iter().enumerate() {
+                if let (true, Some(wake)) = (other != shard, wake) {
+                    crate::sys::eventfd_wake(wake.as_fd());
+                }
+            }
+        }
+        let end = inner.first + inner.log.len() as u64;
+        let Some(position) = inner.read.get_mut(shard) else {
+            return;
+        };
+        let from = (*position - inner.first) as usize;
+        out.extend(inner.log.iter().skip(from));
+        *position = end;
+        let oldest = inner.read.iter().copied().min().unwrap_or(end);
+        let done = (oldest - inner.first) as usize;
+        inner.log.drain(..done);
+        inner.first = oldest;
+    }
+}
+
+/// What user space did with a direction's passed bytes (the layout of
+/// `struct written` in sockmap.bpf.c).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Passed bytes written to the peer.
+    pub bytes: u64,
+    /// Non-zero while user space waits for more passed bytes (the program
+    /// then sends an event for each one it passes).
+    pub waiting: u64,
+}
+
+// SAFETY: `Written` is `repr(C)`, two integers, no padding.
+unsafe impl aya::Pod for Written {}
 
 /// One direction's accounting, as the verdict program keeps it in `FLOWS`
 /// under the source socket's cookie (the layout of `struct flow` in
@@ -120,7 +216,11 @@ impl Program {
     /// [`Unavailable`] naming the step that failed: kernel too old, `bpf()`
     /// refused (needs root, or `CAP_BPF`, `CAP_PERFMON` and `CAP_NET_ADMIN`), the program
     /// rejected, or the attach refused.
-    pub fn load(max_connections: usize, budget_kib: u32) -> Result<Program, Unavailable> {
+    pub fn load(
+        max_connections: usize,
+        budget_kib: u32,
+        shards: usize,
+    ) -> Result<Program, Unavailable> {
         let release = kernel_release();
         match parse_release(&release) {
             Some(v) if v >= MIN_KERNEL => {}
@@ -174,6 +274,26 @@ impl Program {
             .map_err(|e| Unavailable(format!("duplicating the map descriptor: {e}")))?;
         let flows = hash_map_fd(&mut ebpf, FLOWS)?;
         let written = hash_map_fd(&mut ebpf, WRITTEN)?;
+        let Some(events) = ebpf.take_map(EVENTS) else {
+            return Err(Unavailable(format!("the BPF object has no map {EVENTS}")));
+        };
+        let ring = RingBuf::try_from(events)
+            .map_err(|e| Unavailable(format!("map {EVENTS}: {}", chain(&e))))?;
+        // SAFETY: `as_raw_fd` names the ring's own descriptor, open for as
+        // long as `ring`, which outlives this borrow.
+        let fd = unsafe { BorrowedFd::borrow_raw(ring.as_raw_fd()) }
+            .try_clone_to_owned()
+            .map_err(|e| Unavailable(format!("duplicating the ring descriptor: {e}")))?;
+        let events = Events {
+            fd,
+            inner: Mutex::new(EventLog {
+                ring,
+                log: VecDeque::new(),
+                first: 0,
+                read: vec![0; shards],
+                wakes: vec![None; shards],
+            }),
+        };
         // `hash` (the loader's handle) closes here; the map lives on through
         // `peers` and the program's attachment.
         Ok(Program {
@@ -182,6 +302,7 @@ impl Program {
                 peers: Arc::new(peers),
                 flows: Arc::new(flows),
                 written: Arc::new(written),
+                events: Arc::new(events),
             },
         })
     }
@@ -209,7 +330,9 @@ fn hash_map_fd(ebpf: &mut Ebpf, name: &str) -> Result<OwnedFd, Unavailable> {
 pub struct ShardMap {
     map: SockHash<MapData, u64>,
     flows: HashMap<MapData, u64, Flow>,
-    written: HashMap<MapData, u64, u64>,
+    written: HashMap<MapData, u64, Written>,
+    /// The program's events, shared by every shard.
+    pub events: Arc<Events>,
 }
 
 impl std::fmt::Debug for ShardMap {
@@ -234,6 +357,7 @@ impl ShardMap {
             map,
             flows,
             written,
+            events: Arc::clone(&maps.events),
         })
     }
 
@@ -251,19 +375,23 @@ impl ShardMap {
     }
 
     /// Tells the program how many passed bytes of the direction whose
-    /// source has cookie `source` user space has written to the peer; once
-    /// that is all it passed, the program redirects again.
+    /// source has cookie `source` user space has written to the peer (once
+    /// that is all it passed, the program redirects again), and whether user
+    /// space now waits for more (the program then sends an event for each
+    /// byte it passes).
     ///
     /// # Errors
     /// The map update fails (the map is full).
-    pub fn publish_written(&mut self, source: u64, written: u64) -> io::Result<()> {
-        self.written
-            .insert(source, written, 0)
-            .map_err(syscall_error)
+    pub fn publish_written(&mut self, source: u64, bytes: u64, waiting: bool) -> io::Result<()> {
+        let value = Written {
+            bytes,
+            waiting: u64::from(waiting),
+        };
+        self.written.insert(source, value, 0).map_err(syscall_error)
     }
 
     /// Deletes both directions' accounting of a closed connection;
-    /// `passed[d]`: direction `d` ever passed bytes to user space.
+    /// `passed[d]`: user space ever published a count for direction `d`.
     pub fn forget(&mut self, cookies: [u64; 2], passed: [bool; 2]) {
         for (cookie, passed) in cookies.into_iter().zip(passed) {
             let _ = self.flows.remove(&cookie);
@@ -332,6 +460,48 @@ pub fn release_queued(fd: BorrowedFd<'_>) -> io::Result<()> {
             libc::SOL_SOCKET,
             libc::SO_RCVLOWAT,
             (&one as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Makes the kernel run the send work of `fd`'s psock again: the work that
+/// moves redirected skbs into the socket stops when the socket has no room
+/// and is restarted by the socket's write-space callback, which TCP calls on
+/// room only if a sender had found it full (`SOCK_NOSPACE`); the work does
+/// not set that flag. Setting `TCP_NOTSENT_LOWAT` to the value it has calls
+/// the callback and changes nothing else.
+///
+/// # Errors
+/// As `getsockopt(2)`/`setsockopt(2)`.
+pub fn kick(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut value: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is borrowed for the call; `value` and `len` are live
+    // locals and `len` is `value`'s size.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above; `value` lives across the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
             size_of::<libc::c_int>() as libc::socklen_t,
         )
     };

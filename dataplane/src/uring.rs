@@ -204,6 +204,7 @@ impl Driver for Uring {
         let mask = match interest {
             Interest::Read => libc::POLLIN | libc::POLLRDHUP,
             Interest::Write => libc::POLLOUT,
+            Interest::Hangup => libc::POLLRDHUP,
         };
         let entry = opcode::PollAdd::new(types::Fd(fd), mask as u32)
             .build()
@@ -302,6 +303,7 @@ impl Driver for Uring {
         let mask = match interest {
             Interest::Read => libc::POLLIN | libc::POLLRDHUP,
             Interest::Write => libc::POLLOUT,
+            Interest::Hangup => libc::POLLRDHUP,
         };
         let poll = opcode::PollAdd::new(types::Fd(poll_fd), mask as u32)
             .build()

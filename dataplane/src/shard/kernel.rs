@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use tracing::{debug, warn};
 
-use super::{write_kind, Conn, Phase, Shard, Starved};
+use super::{write_kind, Conn, Phase, Shard, KERNEL_RETRY_MS};
 use crate::driver::{Completion, Driver, Interest, Token};
 use crate::sockmap::{self, Maps, ShardMap};
 use crate::stats::CloseReason;
@@ -49,6 +49,39 @@ impl Held {
             end: 0,
         }
     }
+}
+
+/// What a direction being served waits for next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// Room in the destination.
+    Room,
+    /// The kernel's own bytes to leave, looked at again shortly.
+    Soon,
+    /// Its turn again, after other connections (it moved a batch).
+    Turn,
+    /// Nothing: the source's queue is empty.
+    Quiet,
+}
+
+/// A connection's state in the sockmap engine.
+#[derive(Default)]
+pub(super) struct KernelConn {
+    /// The sockets' cookies (client, upstream), the keys of each
+    /// direction's count in the program's maps.
+    cookies: [u64; 2],
+    /// Bytes of each direction the program passed and the shard wrote on.
+    diverted_written: [u64; 2],
+    /// Passed bytes of each direction taken from the source and not yet
+    /// written.
+    held: [Option<Box<Held>>; 2],
+    /// The shard serves the direction's passed bytes (it waits on the
+    /// destination or a retry, not for an event).
+    diverting: [bool; 2],
+    /// The program was told the shard waits for an event per passed skb.
+    waiting: [bool; 2],
+    /// The shard published a count for the direction (deleted at close).
+    published: [bool; 2],
 }
 
 /// Opens the shard's handle on the maps; without one, every connection is
@@ -124,24 +157,39 @@ impl<D: Driver> Shard<D> {
             Some(map) => map.pair(conn.client.as_fd(), upstream.as_fd()),
             None => Err(std::io::Error::other("no map")),
         };
-        let paired = paired.map(|cookies| conn.cookies = cookies);
-        if let Err(e) = paired {
-            // Neither socket is in the map: forward this connection in user
-            // space, with splice. Expected when a socket is no longer
-            // established (the kernel takes only those: a client that sent
-            // its FIN right behind its hello, an upstream that closed at
-            // once); anything else (a full map) is warned about.
-            if e.raw_os_error() != Some(libc::EOPNOTSUPP) && self.now_ms >= self.next_warning_ms {
-                self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
-                warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot put a connection into the map; forwarding it with splice");
+        let cookies = match paired {
+            Ok(cookies) => cookies,
+            Err(e) => {
+                // Neither socket is in the map: forward this connection in user
+                // space, with splice. Expected when a socket is no longer
+                // established (the kernel takes only those: a client that sent
+                // its FIN right behind its hello, an upstream that closed at
+                // once); anything else (a full map) is warned about.
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) && self.now_ms >= self.next_warning_ms
+                {
+                    self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
+                    warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot put a connection into the map; forwarding it with splice");
+                }
+                debug!(shard = self.cfg.id, error = %e, "connection not paired; forwarding it with splice");
+                for d in 0..2 {
+                    self.arm_read(slot, generation, d);
+                }
+                return;
             }
-            debug!(shard = self.cfg.id, error = %e, "connection not paired; forwarding it with splice");
-            for d in 0..2 {
-                self.arm_read(slot, generation, d);
-            }
-            return;
-        }
+        };
         conn.kernel = true;
+        self.kernel_conns.insert(
+            slot,
+            Box::new(KernelConn {
+                cookies,
+                ..KernelConn::default()
+            }),
+        );
+        // The program names directions by their source's cookie.
+        let [client, upstream_cookie] = cookies;
+        self.cookie_owner.insert(client, (slot, generation, 0));
+        self.cookie_owner
+            .insert(upstream_cookie, (slot, generation, 1));
         // Both are in the map: the verdict now sees every new skb. Bytes
         // queued before (the hello in the client socket; anything an eager
         // upstream sent) are pushed through it now.
@@ -160,9 +208,70 @@ impl<D: Driver> Shard<D> {
         }
     }
 
-    /// A wait of direction `d` completed: on its source (`source`: bytes
-    /// passed to user space, its FIN, a hang-up or an error) or on its
-    /// destination (room to write diverted bytes).
+    /// A closed connection's sockets have left the map; their counts and
+    /// cookies go too.
+    pub(super) fn forget_kernel(&mut self, k: &KernelConn) {
+        if let Some(map) = self.sockmap.as_mut() {
+            map.forget(k.cookies, k.published);
+        }
+        for cookie in k.cookies {
+            self.cookie_owner.remove(&cookie);
+        }
+    }
+
+    /// Serves direction `d` again in `after_ms` (0: after the next wait for
+    /// I/O, so that other connections go first).
+    fn retry_kernel_at(&mut self, slot: u32, generation: u16, d: usize, after_ms: u64) {
+        self.kernel_retry.push((slot, generation, d));
+        let at = self.now_ms + after_ms;
+        self.kernel_retry_at = Some(self.kernel_retry_at.map_or(at, |t| t.min(at)));
+    }
+
+    /// Serves the directions put off until now.
+    pub(super) fn retry_kernel(&mut self) {
+        if !self.kernel_retry_at.is_some_and(|at| at <= self.now_ms) {
+            return;
+        }
+        self.kernel_retry_at = None;
+        for (slot, generation, d) in std::mem::take(&mut self.kernel_retry) {
+            self.service_kernel(slot, generation, d, false);
+        }
+    }
+
+    /// The program passed bytes of the directions whose source cookies it
+    /// sent ([`sockmap::Events`]): the shard's own directions that are not
+    /// being served yet are served now.
+    pub(super) fn take_kernel_events(&mut self) {
+        let Some(map) = self.sockmap.as_ref() else {
+            return;
+        };
+        let mut cookies = std::mem::take(&mut self.kernel_events);
+        map.events.take(self.cfg.id, &mut cookies);
+        for cookie in cookies.drain(..) {
+            let Some(&(slot, generation, d)) = self.cookie_owner.get(&cookie) else {
+                continue;
+            };
+            debug!(
+                shard = self.cfg.id,
+                cookie,
+                dir = d,
+                "passed bytes announced"
+            );
+            let d = usize::from(d);
+            let Some(conn) = self.conns.get_mut(slot, generation) else {
+                continue;
+            };
+            let serving = self.kernel_conns.get(&slot).is_some_and(|k| k.diverting[d]);
+            if conn.kernel && !serving {
+                self.service_kernel(slot, generation, d, false);
+            }
+        }
+        self.kernel_events = cookies;
+    }
+
+    /// A wait of direction `d` completed: the wait for its source's FIN
+    /// (`source`), or a wait while serving passed bytes (room in the
+    /// destination).
     pub(super) fn on_kernel_event(
         &mut self,
         slot: u32,
@@ -171,22 +280,56 @@ impl<D: Driver> Shard<D> {
         source: bool,
         c: Completion,
     ) {
-        if c.result < 0 {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        if !source {
+            if c.result < 0 {
+                debug!(
+                    shard = self.cfg.id,
+                    dir = d,
+                    error = c.result,
+                    "wait failed"
+                );
+                return self.close(slot, generation, failure(d, false));
+            }
+            return self.service_kernel(slot, generation, d, true);
+        }
+        let failed = c.result < 0 || c.result & i32::from(libc::POLLERR) != 0;
+        if failed {
+            let src = if d == 0 {
+                Some(conn.client.as_fd())
+            } else {
+                conn.upstream.as_ref().map(|u| u.as_fd())
+            };
+            let error = src.and_then(|fd| sys::take_socket_error(fd).ok().flatten());
             debug!(
                 shard = self.cfg.id,
                 dir = d,
-                source,
-                error = c.result,
-                "wait failed"
+                mask = c.result,
+                ?error,
+                "socket failed"
             );
-            return self.close(slot, generation, failure(d, source));
+            return self.close(slot, generation, failure(d, true));
         }
-        self.service_kernel(slot, generation, d, !source);
+        if c.result & i32::from(libc::POLLRDHUP | libc::POLLHUP) == 0 {
+            // Woken for nothing the wait asked for: wait again.
+            return self.arm_read(slot, generation, d);
+        }
+        // The FIN: passed bytes before it are taken first (a direction
+        // being served finds the end itself).
+        if self
+            .kernel_conns
+            .get(&slot)
+            .is_some_and(|k| !k.diverting[d])
+        {
+            self.service_kernel(slot, generation, d, false);
+        }
     }
 
-    /// Moves what the program diverted in direction `d` to the destination,
-    /// and passes the source's FIN on once its queue is empty. `writable`:
-    /// woken because the destination had room.
+    /// Serves direction `d`: moves what the program passed to the
+    /// destination, and passes the source's FIN on once its queue is empty.
+    /// `writable`: woken because the destination had room.
     pub(super) fn service_kernel(&mut self, slot: u32, generation: u16, d: usize, writable: bool) {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
@@ -206,27 +349,44 @@ impl<D: Driver> Shard<D> {
         } else {
             (upstream.as_fd(), conn.client.as_fd())
         };
+        let Some(k) = self.kernel_conns.get_mut(&slot).map(|k| &mut **k) else {
+            return;
+        };
+        let map = self.sockmap.as_mut().expect("sockmap engine has its map");
+        k.diverting[d] = true;
+        if k.waiting[d] {
+            // Served now: no more events per passed skb.
+            k.waiting[d] = false;
+            k.published[d] = true;
+            if let Err(e) = map.publish_written(k.cookies[d], k.diverted_written[d], false) {
+                warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot publish a direction's count; closing the connection");
+                return self.close(slot, generation, CloseReason::Resource);
+            }
+        }
         let mut moved = 0u64;
         let mut checked = false;
         let wait = loop {
             // Bytes already taken from the source go first.
-            if let Some(held) = conn.held[d].as_mut().filter(|h| h.start < h.end) {
+            if let Some(held) = k.held[d].as_mut().filter(|h| h.start < h.end) {
                 // Order: what the kernel redirected goes before them. While
                 // bytes are held the program redirects nothing more, so its
                 // count stands still and one check covers this wake-up.
                 if !checked {
-                    let map = self.sockmap.as_ref().expect("sockmap engine has its map");
-                    let redirected = match map.flow(conn.cookies[d]) {
+                    let redirected = match map.flow(k.cookies[d]) {
                         Ok(flow) => flow.map_or(0, |f| f.redirected()),
                         Err(e) => {
                             warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot read a direction's count; closing the connection");
                             return self.close(slot, generation, CloseReason::Resource);
                         }
                     };
-                    let Ok(written) = written_into(dst, d == 0) else {
-                        return self.close(slot, generation, failure(d, false));
+                    let written = match written_into(dst, d == 0) {
+                        Ok(written) => written,
+                        Err(e) => {
+                            debug!(shard = self.cfg.id, dir = d, error = %e, "cannot read the destination's counts");
+                            return self.close(slot, generation, failure(d, false));
+                        }
                     };
-                    if written.saturating_sub(conn.diverted_written[d]) < redirected {
+                    if written.saturating_sub(k.diverted_written[d]) < redirected {
                         debug!(
                             shard = self.cfg.id,
                             dir = d,
@@ -234,55 +394,56 @@ impl<D: Driver> Shard<D> {
                             written,
                             "diverted bytes wait for redirected ones"
                         );
+                        // With room, the kernel's worker should send its part:
+                        // restart it (it may be waiting for a callback that
+                        // does not come) and look again shortly. Without, it
+                        // sends as the destination makes room: wait for room.
                         if writable {
-                            // Room, but the kernel has not sent its part
-                            // yet (its worker is about to): look again
-                            // shortly.
-                            self.starved.push((slot, generation, Starved::Dir(d)));
-                            self.starved_soon = true;
-                            return;
+                            let _ = sockmap::kick(dst);
+                            break Wait::Soon;
                         }
-                        // The kernel sends its part as the destination
-                        // makes room: wait for room.
-                        break Interest::Write;
+                        break Wait::Room;
                     }
                     checked = true;
                 }
                 match sys::send(dst, &held.data[held.start..held.end]) {
                     Ok(n) => {
                         held.start += n;
-                        conn.diverted_written[d] += n as u64;
+                        k.diverted_written[d] += n as u64;
                         conn.last_active_ms = self.now_ms;
                         moved += n as u64;
                         if held.start < held.end {
-                            break Interest::Write;
+                            break Wait::Room;
                         }
                     }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Interest::Write,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break Wait::Room,
                     Err(e) => {
                         debug!(shard = self.cfg.id, dir = d, error = %e, "destination failed");
                         return self.close(slot, generation, failure(d, false));
                     }
                 }
                 if moved >= BATCH_BYTES {
-                    break Interest::Read;
+                    break Wait::Turn;
                 }
                 continue;
             }
             // Nothing held: take what the program passed.
-            let held = conn.held[d].get_or_insert_with(|| {
+            let held = k.held[d].get_or_insert_with(|| {
                 self.spare_held
                     .pop()
                     .unwrap_or_else(|| Box::new(Held::new()))
             });
             match sys::recv(src, &mut held.data, false) {
                 Ok(0) => {
-                    let held = conn.held[d].take();
+                    let held = k.held[d].take();
                     if self.spare_held.len() < SPARE_HELD {
                         self.spare_held.extend(held);
                     }
                     conn.dirs[d].hangup = true;
                     conn.last_active_ms = self.now_ms;
+                    if moved > 0 {
+                        self.stats.sockmap_diverted_bytes.add(moved);
+                    }
                     return self.drain_kernel(slot, generation, d);
                 }
                 Ok(n) => {
@@ -291,11 +452,11 @@ impl<D: Driver> Shard<D> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Quiet again: the buffer goes back for the next one.
-                    let held = conn.held[d].take();
+                    let held = k.held[d].take();
                     if self.spare_held.len() < SPARE_HELD {
                         self.spare_held.extend(held);
                     }
-                    break Interest::Read;
+                    break Wait::Quiet;
                 }
                 Err(e) => {
                     debug!(shard = self.cfg.id, dir = d, error = %e, "source failed");
@@ -305,22 +466,58 @@ impl<D: Driver> Shard<D> {
         };
         if moved > 0 {
             self.stats.sockmap_diverted_bytes.add(moved);
-            // Once this is all the program passed, it redirects again.
-            let map = self.sockmap.as_mut().expect("sockmap engine has its map");
-            if let Err(e) = map.publish_written(conn.cookies[d], conn.diverted_written[d]) {
-                warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot publish a direction's count; closing the connection");
-                return self.close(slot, generation, CloseReason::Resource);
+        }
+        debug!(
+            shard = self.cfg.id,
+            dir = d,
+            moved,
+            ?wait,
+            "passed bytes served"
+        );
+        match wait {
+            Wait::Room => {
+                conn.inflight += 1;
+                self.driver.poll(
+                    Token::new(write_kind(d), slot, generation),
+                    dst.as_raw_fd(),
+                    Interest::Write,
+                );
+            }
+            Wait::Soon => self.retry_kernel_at(slot, generation, d, KERNEL_RETRY_MS),
+            Wait::Turn => self.retry_kernel_at(slot, generation, d, 0),
+            Wait::Quiet => {
+                // Everything taken is written: tell the program (it
+                // redirects again once that is all it passed) and that an
+                // event is wanted for the next passed byte.
+                k.waiting[d] = true;
+                k.published[d] = true;
+                let written = k.diverted_written[d];
+                let published = map.publish_written(k.cookies[d], written, true);
+                // Publish, then read what the program passed (it counts,
+                // then reads whether the shard waits): one side sees the
+                // other (sockmap.bpf.c).
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                let passed = published.and_then(|()| map.flow(k.cookies[d]));
+                match passed {
+                    Ok(flow) if flow.map_or(0, |f| f.passed) == written => {
+                        debug!(
+                            shard = self.cfg.id,
+                            dir = d,
+                            written,
+                            "all passed bytes written"
+                        );
+                        k.diverting[d] = false;
+                    }
+                    // Passed before the program saw the wait: on their way
+                    // to the queue, with no event to say so. Look again.
+                    Ok(_) => self.retry_kernel_at(slot, generation, d, KERNEL_RETRY_MS),
+                    Err(e) => {
+                        warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot publish a direction's count; closing the connection");
+                        self.close(slot, generation, CloseReason::Resource);
+                    }
+                }
             }
         }
-        let fd = if wait == Interest::Write { dst } else { src }.as_raw_fd();
-        let kind = if wait == Interest::Write {
-            write_kind(d)
-        } else {
-            super::read_kind(d)
-        };
-        conn.inflight += 1;
-        self.driver
-            .poll(Token::new(kind, slot, generation), fd, wait);
     }
 
     /// Direction `d`'s source sent FIN and its queue is empty: once every
@@ -366,7 +563,7 @@ impl<D: Driver> Shard<D> {
                 written,
                 "FIN waits for redirected bytes to leave"
             );
-            return self.starved.push((slot, generation, Starved::Dir(d)));
+            return self.retry_kernel_at(slot, generation, d, KERNEL_RETRY_MS);
         }
         debug!(
             shard = self.cfg.id,

@@ -153,17 +153,10 @@ struct Conn {
     connect_started: Option<Instant>,
     /// The connection reached the Forwarding phase.
     forwarded: bool,
-    /// The kernel forwards it (sockmap engine; see [`Conn::mode`]).
+    /// The kernel forwards it (sockmap engine; see [`Conn::mode`]; its
+    /// state there is in [`Shard::kernel_conns`], so that connections of
+    /// every engine stay this small).
     kernel: bool,
-    /// Sockmap engine: the sockets' cookies (client, upstream), the keys of
-    /// each direction's count in the program's map.
-    cookies: [u64; 2],
-    /// Sockmap engine: bytes of each direction the program diverted and the
-    /// shard wrote on.
-    diverted_written: [u64; 2],
-    /// Sockmap engine: diverted bytes of each direction taken from the
-    /// source and not yet written.
-    held: [Option<Box<kernel::Held>>; 2],
     reason: CloseReason,
     /// What the access log needs; only allocated when it is on.
     log: Option<Box<LogInfo>>,
@@ -238,9 +231,17 @@ pub struct Shard<D: Driver> {
     /// handing one over moves a pointer.
     #[allow(clippy::vec_box)]
     spare_held: Vec<Box<kernel::Held>>,
-    /// Sockmap engine: `starved` holds diverted bytes waiting on the
-    /// kernel's own; retry after [`KERNEL_RETRY_MS`].
-    starved_soon: bool,
+    /// Sockmap engine: directions to serve again at `kernel_retry_at`
+    /// (after the next wait for I/O at the earliest).
+    kernel_retry: Vec<(u32, u16, usize)>,
+    kernel_retry_at: Option<u64>,
+    /// Sockmap engine: which connection direction each socket cookie is the
+    /// source of (the program's events name cookies).
+    cookie_owner: std::collections::HashMap<u64, (u32, u16, u8)>,
+    /// Sockmap engine: cookies read from the program's events.
+    kernel_events: Vec<u64>,
+    /// Sockmap engine: each connection's state in the engine, by slot.
+    kernel_conns: std::collections::HashMap<u32, Box<kernel::KernelConn>>,
 }
 
 const ACCEPT_BACKOFF_MS: u64 = 50;
@@ -313,7 +314,11 @@ impl<D: Driver> Shard<D> {
             spare_fd: sys::eventfd().ok(),
             sockmap: kernel::open_map(&cfg_sockmap, cfg_id),
             spare_held: Vec::new(),
-            starved_soon: false,
+            kernel_retry: Vec::new(),
+            kernel_retry_at: None,
+            cookie_owner: std::collections::HashMap::new(),
+            kernel_events: Vec::new(),
+            kernel_conns: std::collections::HashMap::new(),
         }
     }
 
@@ -327,12 +332,22 @@ impl<D: Driver> Shard<D> {
         }
         self.driver
             .poll_multi(Token::new(OpKind::Wake, 0, 0), self.wake.as_raw_fd());
+        if let Some(map) = &self.sockmap {
+            // The sockmap program's events wake the shard like the eventfd
+            // (and other shards write the eventfd when they took them).
+            map.events.register(self.cfg.id, Arc::clone(&self.wake));
+            let fd = map.events.fd();
+            self.driver.poll_multi(Token::new(OpKind::Wake, 1, 0), fd);
+        }
         loop {
             let timeout = self.next_timeout();
             let mut completions = std::mem::take(&mut self.completions);
             completions.clear();
             self.driver.wait(timeout, &mut completions)?;
             self.now_ms = self.start.elapsed().as_millis() as u64;
+            // Before this round's completions, so that what they put off
+            // waits for the next round at least.
+            self.retry_kernel();
             for c in completions.drain(..) {
                 self.on_completion(c);
             }
@@ -349,6 +364,9 @@ impl<D: Driver> Shard<D> {
     }
 
     fn next_timeout(&self) -> Option<Duration> {
+        if self.kernel_retry_at.is_some_and(|at| at <= self.now_ms) {
+            return Some(Duration::ZERO);
+        }
         let next = [
             self.timers.next_at(),
             self.pipes.next_trim(),
@@ -357,14 +375,8 @@ impl<D: Driver> Shard<D> {
             self.shrink_at,
             // Work waiting for a buffer or pipe is retried soon even if
             // nothing else completes meanwhile.
-            (!self.starved.is_empty()).then_some(
-                self.now_ms
-                    + if self.starved_soon {
-                        KERNEL_RETRY_MS
-                    } else {
-                        STARVED_RETRY_MS
-                    },
-            ),
+            (!self.starved.is_empty()).then_some(self.now_ms + STARVED_RETRY_MS),
+            self.kernel_retry_at,
         ]
         .into_iter()
         .flatten()
@@ -452,7 +464,17 @@ impl<D: Driver> Shard<D> {
     fn on_completion(&mut self, c: Completion) {
         match c.token.kind() {
             Some(OpKind::Accept) => self.on_accept(c),
-            Some(OpKind::Wake) => self.on_wake(),
+            Some(OpKind::Wake) => {
+                if c.token.slot() == 1 && !c.more {
+                    // The poll of the sockmap program's events ended (the
+                    // kernel may end a multishot poll): poll again.
+                    if let Some(map) = &self.sockmap {
+                        let fd = map.events.fd();
+                        self.driver.poll_multi(Token::new(OpKind::Wake, 1, 0), fd);
+                    }
+                }
+                self.on_wake()
+            }
             Some(OpKind::AcceptRetry) => {}
             Some(OpKind::Cancel) if c.token.slot() == u32::MAX => {}
             Some(kind) => self.on_conn_completion(kind, c),
@@ -467,6 +489,7 @@ impl<D: Driver> Shard<D> {
     fn on_wake(&mut self) {
         sys::eventfd_drain(self.wake.as_fd());
         self.apply_listener_ops();
+        self.take_kernel_events();
         if self.shared.stop.load(Ordering::Acquire) && self.draining_until.is_none() {
             self.draining_until = Some(self.now_ms + self.cfg.drain_timeout.as_millis() as u64);
             // Cancel each accept by descriptor. The descriptor stays open
@@ -625,9 +648,6 @@ impl<D: Driver> Shard<D> {
             connect_started: None,
             forwarded: false,
             kernel: false,
-            cookies: [0; 2],
-            diverted_written: [0; 2],
-            held: [None, None],
             reason: CloseReason::Done,
             log,
         });
@@ -825,8 +845,8 @@ impl<D: Driver> Shard<D> {
         };
         if conn.kernel {
             self.count_kernel_bytes(&mut conn);
-            if let Some(map) = self.sockmap.as_mut() {
-                map.forget(conn.cookies, conn.diverted_written.map(|w| w > 0));
+            if let Some(k) = self.kernel_conns.remove(&slot) {
+                self.forget_kernel(&k);
             }
         }
         for dir in &mut conn.dirs {

@@ -29,8 +29,10 @@ impl<D: Driver> Shard<D> {
                 self.stats.copy_receives.add(1);
                 self.driver.recv_stream(token, src, Group::Io)
             }
-            // Sockmap: bytes the program diverted, the FIN, or an error.
-            ForwardMode::Sockmap => self.driver.poll(token, src, Interest::Read),
+            // Sockmap: the FIN or an error (passed bytes are announced by
+            // the program's events: a socket in the map reads as readable
+            // after every skb).
+            ForwardMode::Sockmap => self.driver.poll(token, src, Interest::Hangup),
             ForwardMode::Adaptive => unreachable!("resolved per direction"),
         }
     }
@@ -222,7 +224,6 @@ impl<D: Driver> Shard<D> {
         if self.starved.is_empty() {
             return;
         }
-        self.starved_soon = false;
         for (slot, generation, what) in std::mem::take(&mut self.starved) {
             let Some(conn) = self.conns.get_mut(slot, generation) else {
                 continue;
