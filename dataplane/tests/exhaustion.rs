@@ -462,8 +462,16 @@ fn adaptive_copies_without_pipes(forward: Forward) {
         "the burst arrived changed"
     );
     sender.join().unwrap().expect("write the burst");
-    // The admin listener needs a descriptor too.
+    // The admin listener needs a descriptor too: wait until the gateway has closed the
+    // silent clients' sockets (it sees their FIN), or the admin accept may still find
+    // the table full.
+    let held = gw.fd_count();
+    let silent_count = silent.len();
     drop(silent);
+    assert!(
+        poll_until(IO_TIMEOUT, || gw.fd_count() + silent_count / 2 <= held),
+        "the gateway kept the silent clients' descriptors after they left"
+    );
     let m = Metrics::read(admin);
     let (to_splice, to_copy, errors) = (
         m.get("meshgate_direction_switches_total{to=\"splice\"}"),
