@@ -13,9 +13,10 @@
 //! direction the program diverted because too much was in flight.
 //!
 //! This module owns no policy: it loads, pairs and measures. `unsafe` here
-//! is limited to `getsockopt`/`ioctl` calls on descriptors the caller
-//! borrows for the call, each writing into a local of the kernel's size,
-//! and to declaring [`Flow`] plain data for the map.
+//! is limited to `getsockopt`/`setsockopt`/`ioctl` calls on descriptors the
+//! caller borrows for the call, each reading or writing a local of the
+//! kernel's size, to borrowing the ring buffer's own descriptor while it is
+//! open, and to declaring [`Flow`] and [`Written`] plain data for the maps.
 #![allow(unsafe_code)]
 
 use std::collections::VecDeque;
