@@ -36,40 +36,6 @@ fn adaptive_gateway(forward: Forward, upstream: std::net::SocketAddr) -> (Routes
     (routes, gw)
 }
 
-/// Writes `BURST` bytes of pattern `seed` from another thread while this one reads the
-/// echo, and checks it arrived unaltered.
-fn echo_burst(client: &mut TcpStream, seed: u64, what: &str) {
-    let mut writer = client.try_clone().expect("clone the client socket");
-    let sender = std::thread::spawn(move || {
-        let mut pattern = Pattern::new(seed);
-        let mut chunk = vec![0u8; 128 * 1024];
-        for _ in 0..BURST / chunk.len() {
-            pattern.fill(&mut chunk);
-            writer.write_all(&chunk)?;
-        }
-        Ok::<(), std::io::Error>(())
-    });
-    let mut hash = StreamHash::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while (hash.len() as usize) < BURST {
-        let want = (BURST - hash.len() as usize).min(buf.len());
-        let n = client
-            .read(&mut buf[..want])
-            .unwrap_or_else(|e| panic!("{what}: read after {} bytes: {e}", hash.len()));
-        assert!(n > 0, "{what}: EOF after {} bytes", hash.len());
-        hash.update(&buf[..n]);
-    }
-    sender
-        .join()
-        .expect("sender thread")
-        .unwrap_or_else(|e| panic!("{what}: write: {e}"));
-    assert_eq!(
-        hash.hex(),
-        Pattern::hash_of(seed, BURST).hex(),
-        "{what}: the echoed burst differs"
-    );
-}
-
 /// 64-byte request/response messages, each compared byte for byte.
 fn small_messages(client: &mut TcpStream, round: u64, what: &str) {
     for i in 0..SMALL {
@@ -106,7 +72,7 @@ fn bursts_and_small_messages_switch_and_stay_identical(forward: Forward) {
     assert_eq!(switches(&gw), (0, 0), "switched before anything streamed");
 
     for round in 1..=ROUNDS {
-        echo_burst(&mut client, round, &format!("burst {round}"));
+        echo_burst(&mut client, round, BURST, &format!("burst {round}"));
         let (to_splice, _) = switches(&gw);
         assert!(
             to_splice >= 2 * round,
@@ -121,7 +87,7 @@ fn bursts_and_small_messages_switch_and_stay_identical(forward: Forward) {
     }
     // End in a burst: the FIN is passed on while the client's direction splices, and the
     // backend's trailer comes back after it.
-    echo_burst(&mut client, 99, "last burst");
+    echo_burst(&mut client, 99, BURST, "last burst");
     client.shutdown(Shutdown::Write).unwrap();
     let trailer = String::from_utf8_lossy(&read_to_eof(&mut client, "trailer")).into_owned();
     assert!(
@@ -164,7 +130,7 @@ fn upstream_reset_after_switches(forward: Forward) {
     let mut client = tcp_connect(gw.addr());
     client.write_all(&hello).unwrap();
     read_exactly(&mut client, hello.len(), "echoed hello");
-    echo_burst(&mut client, 7, "burst");
+    echo_burst(&mut client, 7, BURST, "burst");
     small_messages(&mut client, 1, "quiet spell");
     backend.join().expect("backend thread");
     let (to_splice, to_copy) = switches(&gw);

@@ -243,37 +243,6 @@ fn recv_flag_refuses_other_values() {
     );
 }
 
-/// Writes `len` bytes of pattern `seed` from another thread while this one reads the
-/// echo; checks it came back unaltered.
-fn echo_burst(client: &mut TcpStream, seed: u64, len: usize) {
-    let mut writer = client.try_clone().expect("clone the client socket");
-    let sender = std::thread::spawn(move || {
-        let mut pattern = Pattern::new(seed);
-        let mut chunk = vec![0u8; 128 * 1024];
-        for _ in 0..len / chunk.len() {
-            pattern.fill(&mut chunk);
-            writer.write_all(&chunk)?;
-        }
-        Ok::<(), std::io::Error>(())
-    });
-    let mut hash = StreamHash::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    while (hash.len() as usize) < len {
-        let want = (len - hash.len() as usize).min(buf.len());
-        let n = client
-            .read(&mut buf[..want])
-            .unwrap_or_else(|e| panic!("burst {seed}: read after {} bytes: {e}", hash.len()));
-        assert!(n > 0, "burst {seed}: EOF after {} bytes", hash.len());
-        hash.update(&buf[..n]);
-    }
-    sender.join().expect("sender").expect("burst write");
-    assert_eq!(
-        hash.hex(),
-        Pattern::hash_of(seed, len).hex(),
-        "burst {seed}: the echo differs"
-    );
-}
-
 #[test]
 fn adaptive_switches_with_multishot_receives() {
     run_bounded(
@@ -297,7 +266,7 @@ fn adaptive_switches_with_multishot_receives() {
             for round in 1..=3u64 {
                 // A burst: each direction stops its multishot receive, sends what it
                 // holds, and moves to splice.
-                echo_burst(&mut client, round, 1 << 20);
+                echo_burst(&mut client, round, 1 << 20, &format!("burst {round}"));
                 let to_splice = metric("meshgate_direction_switches_total{to=\"splice\"}");
                 assert!(
                     to_splice >= 2 * round,

@@ -257,11 +257,11 @@ impl<D: Driver> Shard<D> {
                     }
                     // Copy: the receive found no buffer; ask again.
                     ForwardMode::Copy => self.arm_read(slot, generation, d),
-                    // Sockmap: the FIN arrived before its bytes had all
-                    // left, or diverted bytes wait for redirected ones to
-                    // leave; check again.
-                    ForwardMode::Sockmap => self.service_kernel(slot, generation, d, false),
-                    ForwardMode::Adaptive => unreachable!("resolved per direction"),
+                    // Sockmap directions wait through `retry_kernel`, never
+                    // here.
+                    ForwardMode::Sockmap | ForwardMode::Adaptive => {
+                        unreachable!("retried by retry_kernel, or resolved per direction")
+                    }
                 },
             }
         }

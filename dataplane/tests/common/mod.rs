@@ -214,6 +214,41 @@ pub fn read_to_eof(stream: &mut impl Read, what: &str) -> Vec<u8> {
     }
 }
 
+/// Writes `len` bytes of pattern `seed` (in 128 KiB chunks) from another thread while this
+/// one reads the echo, and checks it came back unaltered; a short read, a reset or a
+/// changed byte is a panic naming `what`.
+pub fn echo_burst(client: &mut TcpStream, seed: u64, len: usize, what: &str) {
+    let mut writer = client.try_clone().expect("clone the client socket");
+    let sender = std::thread::spawn(move || {
+        let mut pattern = data::Pattern::new(seed);
+        let mut chunk = vec![0u8; 128 * 1024];
+        for _ in 0..len / chunk.len() {
+            pattern.fill(&mut chunk);
+            writer.write_all(&chunk)?;
+        }
+        Ok::<(), io::Error>(())
+    });
+    let mut hash = data::StreamHash::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while (hash.len() as usize) < len {
+        let want = (len - hash.len() as usize).min(buf.len());
+        let n = client
+            .read(&mut buf[..want])
+            .unwrap_or_else(|e| panic!("{what}: read after {} bytes: {e}", hash.len()));
+        assert!(n > 0, "{what}: EOF after {} bytes", hash.len());
+        hash.update(&buf[..n]);
+    }
+    sender
+        .join()
+        .expect("sender thread")
+        .unwrap_or_else(|e| panic!("{what}: write: {e}"));
+    assert_eq!(
+        hash.hex(),
+        data::Pattern::hash_of(seed, len).hex(),
+        "{what}: the echoed burst differs"
+    );
+}
+
 /// Reads exactly `n` bytes; a short read, timeout or reset is a panic naming `what`.
 pub fn read_exactly(stream: &mut impl Read, n: usize, what: &str) -> Vec<u8> {
     let mut out = vec![0u8; n];
