@@ -352,25 +352,34 @@ pub fn healthy_endpoints(s: &Snapshot, sni: &str) -> Option<Vec<String>> {
     })
 }
 
-/// A value of a metric line `name ...` from meshgate's `/metrics`, fetched
-/// from inside `ns`.
-pub fn metric(ns: &Netns, admin: SocketAddr, name: &str) -> f64 {
+/// meshgate's `/metrics` text, fetched from inside `ns`.
+pub fn metrics_body(ns: &Netns, admin: SocketAddr) -> String {
     use std::io::{Read, Write};
-    let body = ns
-        .run(move || {
-            let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok::<_, std::io::Error>(out)
-        })
-        .expect("enter namespace")
-        .expect("GET /metrics");
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok::<_, std::io::Error>(out)
+    })
+    .expect("enter namespace")
+    .expect("GET /metrics")
+}
+
+/// The sum of the values of metric lines `name ...` (every label set) in a
+/// `/metrics` text.
+pub fn metric_in(body: &str, name: &str) -> f64 {
     body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A value of a metric line `name ...` from meshgate's `/metrics`, fetched
+/// from inside `ns`.
+pub fn metric(ns: &Netns, admin: SocketAddr, name: &str) -> f64 {
+    metric_in(&metrics_body(ns, admin), name)
 }
 
 /// A sidecar's TLS files for `service`.
