@@ -35,12 +35,21 @@
  * is sent when a direction starts passing, and again for each skb passed
  * while user space says, in WRITTEN, that it waits.
  *
+ * The kernel hands this program whole skbs whatever their sequence
+ * numbers, and TCP queues a retransmitted segment that overlaps bytes it
+ * already has whole (its own reader skips the repeat by copied_seq). So
+ * the program keeps, per direction, the sequence number after the last
+ * byte it took, and cuts a repeated head off before anything else; if it
+ * cannot, it tells user space (EVENTS, the cookie with BROKEN set), which
+ * resets the connection.
+ *
  * FIN, resets and half-close are not seen here: user space handles them.
  * A socket leaves PEERS when it closes; user space deletes its FLOWS entry.
  *
  * Built by scripts/build-bpf.sh; the object beside this file is what the
- * gateway embeds. The BTF it carries lets the loader relocate the two
- * tcp_sock fields read below to the running kernel's layout (CO-RE).
+ * gateway embeds. The BTF it carries lets the loader relocate the kernel
+ * fields read below (tcp_sock's write_seq, sk_buff's control block) to the
+ * running kernel's layout (CO-RE).
  */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
@@ -60,6 +69,14 @@ struct tcp_sock {
 	__u32 write_seq;
 } __attribute__((preserve_access_index));
 
+/* The kernel's struct sk_buff, only its control buffer, where TCP keeps
+ * the skb's first sequence number (struct tcp_skb_cb starts with it). The
+ * program's context is the kernel's sk_buff; the loader relocates the
+ * offset. */
+struct sk_buff {
+	char cb[48];
+} __attribute__((preserve_access_index));
+
 /* One direction's accounting, keyed by its source socket's cookie,
  * written only here. Shared with user space (dataplane/src/sockmap.rs,
  * `Flow`): keep the layout. */
@@ -70,6 +87,12 @@ struct flow {
 	__u64 passed;
 	/* The peer's write_seq when the first skb arrived. */
 	__u32 base;
+	/* The sequence number after the last byte taken. */
+	__u32 next_seq;
+	/* Bytes of skbs that repeated bytes already taken, cut off. */
+	__u64 trimmed;
+	/* Non-zero once next_seq is known. */
+	__u32 seq_known;
 	__u32 reserved;
 };
 
@@ -109,7 +132,9 @@ struct bpf_map_def SEC("maps") WRITTEN = {
 	.map_flags = BPF_F_NO_PREALLOC,
 };
 
-/* Source cookies of directions with passed bytes for user space. */
+/* Source cookies of directions with passed bytes for user space; with
+ * BROKEN set, of a direction whose stream the program could not forward
+ * whole (user space resets the connection). */
 struct bpf_map_def SEC("maps") EVENTS = {
 	.type = BPF_MAP_TYPE_RINGBUF,
 	.key_size = 0,
@@ -117,6 +142,9 @@ struct bpf_map_def SEC("maps") EVENTS = {
 	.max_entries = 256 * 1024,
 	.map_flags = 0,
 };
+
+/* The event flag of a broken direction (socket cookies stay far below). */
+#define BROKEN (1ULL << 63)
 
 /* Bytes a direction may have in flight before its skbs are passed to user
  * space; set by the
@@ -143,13 +171,27 @@ static __always_inline __u32 peer_write_seq(__u64 *cookie, int *ok)
 	return seq;
 }
 
+/* Cuts the first `n` bytes off the skb (at most 0xfff at a time). */
+static __always_inline int trim_head(struct __sk_buff *skb, __u32 n)
+{
+	for (int i = 0; i < 17 && n > 0; i++) {
+		__u32 step = n > 0xfff ? 0xfff : n;
+
+		if (bpf_skb_adjust_room(skb, -(__s32)step, 0, 0) != 0)
+			return -1;
+		n -= step;
+	}
+	return n == 0 ? 0 : -1;
+}
+
 SEC("sk_skb/stream_verdict")
 int meshgate_verdict(struct __sk_buff *skb)
 {
 	struct flow *flow;
+	struct sk_buff *kskb = (void *)skb;
 	__u64 cookie;
-	__u32 len = skb->len, seq, in_flight;
-	int ok;
+	__u32 len = skb->len, seq, in_flight, tcp_seq = 0, end;
+	int ok, have_seq;
 
 	/* A bare FIN reaches the verdict as an skb without data. Redirected,
 	 * the peer's send of zero bytes counts as a broken pipe and stops the
@@ -171,6 +213,35 @@ int meshgate_verdict(struct __sk_buff *skb)
 		 * forward without a budget rather than lose the bytes. */
 		if (!flow)
 			return bpf_sk_redirect_hash(skb, &PEERS, &cookie, 0);
+	}
+	/* TCP queues a segment that repeats bytes it already has together
+	 * with new ones (a retransmission overlapping what came before) whole,
+	 * and the kernel hands the whole skb here: the repeated head is cut
+	 * off, or the peer would receive those bytes twice. */
+	have_seq = bpf_probe_read_kernel(&tcp_seq, sizeof(tcp_seq), &kskb->cb) == 0;
+	end = tcp_seq + len;
+	if (have_seq && flow->seq_known) {
+		__s32 over = (__s32)(flow->next_seq - tcp_seq);
+
+		if (over > 0) {
+			/* Nothing new (TCP drops such segments before this). */
+			if ((__u32)over >= len)
+				return SK_DROP;
+			if (trim_head(skb, over) != 0) {
+				/* The stream can no longer be forwarded whole:
+				 * user space resets the connection. */
+				__u64 broken = cookie | BROKEN;
+
+				bpf_ringbuf_output(&EVENTS, &broken, sizeof(broken), 0);
+				return SK_DROP;
+			}
+			flow->trimmed += over;
+			len = skb->len;
+		}
+	}
+	if (have_seq) {
+		flow->next_seq = end;
+		flow->seq_known = 1;
 	}
 	/* Modulo 2^32: what is in flight is far below 4 GiB. */
 	in_flight = (__u32)flow->taken - (seq - flow->base);

@@ -282,6 +282,11 @@ pub fn metrics(state: &AdminState) -> String {
     );
     let _ = writeln!(
         out,
+        "# HELP meshgate_sockmap_repeated_bytes_total Sockmap engine: bytes of retransmitted segments that repeated bytes already forwarded, cut off by the verdict program (TCP queues such a segment whole).\n# TYPE meshgate_sockmap_repeated_bytes_total counter\nmeshgate_sockmap_repeated_bytes_total {}",
+        sum(|s| s.sockmap_repeated_bytes.get())
+    );
+    let _ = writeln!(
+        out,
         "# HELP meshgate_copy_receives_total Copy engine: receives submitted (multishot: one per run of messages).\n# TYPE meshgate_copy_receives_total counter\nmeshgate_copy_receives_total {}\n# HELP meshgate_copy_receive_completions_total Copy engine: receive completions.\n# TYPE meshgate_copy_receive_completions_total counter\nmeshgate_copy_receive_completions_total {}",
         sum(|s| s.copy_receives.get()),
         sum(|s| s.copy_receive_completions.get())

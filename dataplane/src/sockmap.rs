@@ -53,6 +53,10 @@ const BUDGET: &str = "BUDGET";
 pub const DEFAULT_BUDGET_KIB: u32 = 4096;
 /// The program's name in the object.
 const PROGRAM: &str = "meshgate_verdict";
+/// Set in an event's cookie when the program could not forward that
+/// direction's stream whole (`BROKEN` in sockmap.bpf.c): the shard resets
+/// the connection.
+pub const BROKEN: u64 = 1 << 63;
 
 /// Oldest kernel the engine runs on: 6.4 brought the sockmap fixes it
 /// relies on (receive accounting and `copied_seq` for redirected skbs,
@@ -188,6 +192,14 @@ pub struct Flow {
     pub passed: u64,
     /// The peer's `write_seq` when the first skb arrived.
     pub base: u32,
+    /// The TCP sequence number after the last byte taken.
+    pub next_seq: u32,
+    /// Bytes cut off skbs that repeated bytes already taken (a
+    /// retransmitted segment overlapping what came before, which TCP
+    /// queues whole).
+    pub trimmed: u64,
+    /// Non-zero once `next_seq` is known.
+    pub seq_known: u32,
     /// Unused (keeps the layout free of padding).
     pub reserved: u32,
 }
@@ -200,7 +212,7 @@ impl Flow {
 }
 
 // SAFETY: `Flow` is `repr(C)`, made of integers only (every bit pattern is
-// a valid value) and has no padding (8 + 8 + 4 + 4 bytes).
+// a valid value) and has no padding (8 + 8 + 4 + 4 + 8 + 4 + 4 bytes).
 unsafe impl aya::Pod for Flow {}
 
 impl std::fmt::Debug for Program {
@@ -393,13 +405,19 @@ impl ShardMap {
 
     /// Deletes both directions' accounting of a closed connection;
     /// `passed[d]`: user space ever published a count for direction `d`.
-    pub fn forget(&mut self, cookies: [u64; 2], passed: [bool; 2]) {
+    /// Returns the bytes the program cut off repeated segments.
+    pub fn forget(&mut self, cookies: [u64; 2], passed: [bool; 2]) -> u64 {
+        let mut trimmed = 0;
         for (cookie, passed) in cookies.into_iter().zip(passed) {
+            if let Ok(Some(flow)) = self.flow(cookie) {
+                trimmed += flow.trimmed;
+            }
             let _ = self.flows.remove(&cookie);
             if passed {
                 let _ = self.written.remove(&cookie);
             }
         }
+        trimmed
     }
 
     /// Puts both sockets of a connection into the map, each under the

@@ -106,6 +106,9 @@ pub struct ShardStats {
     /// Sockmap engine: bytes the verdict program diverted (over a
     /// direction's budget) that the shard wrote on.
     pub sockmap_diverted_bytes: Counter,
+    /// Sockmap engine: bytes the verdict program cut off segments that
+    /// repeated bytes already forwarded (retransmissions TCP queued whole).
+    pub sockmap_repeated_bytes: Counter,
     /// Copy engine: receives submitted (one per message single-shot, one
     /// per run of messages with `--recv multishot`).
     pub copy_receives: Counter,

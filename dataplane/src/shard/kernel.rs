@@ -212,7 +212,8 @@ impl<D: Driver> Shard<D> {
     /// cookies go too.
     pub(super) fn forget_kernel(&mut self, k: &KernelConn) {
         if let Some(map) = self.sockmap.as_mut() {
-            map.forget(k.cookies, k.published);
+            let trimmed = map.forget(k.cookies, k.published);
+            self.stats.sockmap_repeated_bytes.add(trimmed);
         }
         for cookie in k.cookies {
             self.cookie_owner.remove(&cookie);
@@ -248,9 +249,14 @@ impl<D: Driver> Shard<D> {
         let mut cookies = std::mem::take(&mut self.kernel_events);
         map.events.take(self.cfg.id, &mut cookies);
         for cookie in cookies.drain(..) {
-            let Some(&(slot, generation, d)) = self.cookie_owner.get(&cookie) else {
+            let Some(&(slot, generation, d)) = self.cookie_owner.get(&(cookie & !sockmap::BROKEN))
+            else {
                 continue;
             };
+            if cookie & sockmap::BROKEN != 0 {
+                self.reset_broken(slot, generation, usize::from(d));
+                continue;
+            }
             debug!(
                 shard = self.cfg.id,
                 cookie,
@@ -267,6 +273,25 @@ impl<D: Driver> Shard<D> {
             }
         }
         self.kernel_events = cookies;
+    }
+
+    /// The program could not forward direction `d` whole (it could not cut
+    /// a repeated head off a segment): both sides are reset rather than
+    /// handed a stream with a hole.
+    fn reset_broken(&mut self, slot: u32, generation: u16, d: usize) {
+        let Some(conn) = self.conns.get_mut(slot, generation) else {
+            return;
+        };
+        warn!(
+            shard = self.cfg.id,
+            dir = d,
+            "--forward sockmap: a segment could not be forwarded whole; resetting the connection"
+        );
+        let _ = sys::set_linger_zero(conn.client.as_fd());
+        if let Some(up) = conn.upstream.as_ref() {
+            let _ = sys::set_linger_zero(up.as_fd());
+        }
+        self.close(slot, generation, CloseReason::Resource);
     }
 
     /// A wait of direction `d` completed: the wait for its source's FIN
