@@ -13,6 +13,8 @@
 #   most keys           higher is tuned: max(host, preset), per field for multi-value keys
 #                       (tcp_rmem and tcp_wmem "min default max": each field the larger)
 #   ip_local_port_range a wider range is higher: the lower start and the higher end
+#   ip_local_reserved_ports
+#                       a port list: the union of the host's ports and the preset's
 #   tcp_mem             pages, per field the larger; the preset's fields are first scaled so
 #                       their max is at most a quarter of MemTotal (a small host keeps its RAM)
 #   pipe-user-pages-*   as most keys, but 0 (no limit) is the highest value and is kept
@@ -95,6 +97,7 @@ current() {
 rule() {
   case "$1" in
     net.ipv4.ip_local_port_range) echo range ;;
+    net.ipv4.ip_local_reserved_ports) echo ports ;;
     net.ipv4.tcp_mem) echo memory ;;
     fs.pipe-user-pages-soft|fs.pipe-user-pages-hard) echo unlimited0 ;;
     net.ipv4.tcp_fin_timeout|net.ipv4.tcp_slow_start_after_idle) echo lower ;;
@@ -127,6 +130,41 @@ mem_pages() {
   echo $(( kb * 1024 / $(getconf PAGESIZE) ))
 }
 
+# ports_union LIST...: the union of port lists as the kernel prints them ("8300-8302,8443";
+# "(none)" or empty for none), merged and sorted the same way; fails on anything else.
+ports_union() {
+  local list item a b pairs=() out=() cur_a=-1 cur_b=-1
+  for list in "$@"; do
+    [ "$list" = "(none)" ] && continue
+    IFS=, read -r -a items <<< "$list"
+    for item in "${items[@]}"; do
+      if [[ $item =~ ^([0-9]+)-([0-9]+)$ ]]; then a="${BASH_REMATCH[1]}"; b="${BASH_REMATCH[2]}"
+      elif [[ $item =~ ^[0-9]+$ ]]; then a="$item"; b="$item"
+      else return 1; fi
+      a=$((10#$a)); b=$((10#$b))
+      [ "$a" -le "$b" ] && [ "$b" -le 65535 ] || return 1
+      pairs+=("$a $b")
+    done
+  done
+  while read -r a b; do
+    [ -n "$a" ] || continue
+    if [ "$cur_a" -ge 0 ] && [ "$a" -le $((cur_b + 1)) ]; then
+      [ "$b" -gt "$cur_b" ] && cur_b="$b"
+      continue
+    fi
+    [ "$cur_a" -ge 0 ] && out+=("$cur_a-$cur_b")
+    cur_a="$a"; cur_b="$b"
+  done < <(printf '%s\n' "${pairs[@]}" | sort -n -k1,1 -k2,2)
+  [ "$cur_a" -ge 0 ] && out+=("$cur_a-$cur_b")
+  local joined=""
+  for item in "${out[@]}"; do
+    a="${item%-*}"; b="${item#*-}"
+    [ "$a" = "$b" ] && item="$a"
+    joined="${joined:+$joined,}$item"
+  done
+  echo "${joined:-(none)}"
+}
+
 # merge KEY HOST PRESET: prints the value apply sets; fails with the reason on stdout when the
 # key cannot be merged (then it is skipped).
 merge() {
@@ -135,6 +173,9 @@ merge() {
   local -a h w
   read -r -a h <<< "$host"; read -r -a w <<< "$want"
   case "${r[0]}" in
+    ports)
+      ports_union "$host" "$want" || { echo "not a list of ports: $host + $want"; return 1; }
+      return ;;
     mode)
       for i in "${r[@]:1}"; do [ "$host" = "$i" ] && { echo "$want"; return; }; done
       echo "$host"; return ;;
@@ -188,6 +229,8 @@ plan() {
     if ! have="$(current "$key")"; then
       printf '%s\t-\t%s\t-\tabsent\n' "$key" "$want"; continue
     fi
+    # An empty value (no reserved ports) would vanish between tabs.
+    [ -n "$have" ] || have="(none)"
     if ! target="$(merge "$key" "$have" "$want")"; then
       printf '%s\t%s\t%s\t%s\tskipped\n' "$key" "$have" "$want" "$target"; continue
     fi

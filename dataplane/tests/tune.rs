@@ -57,11 +57,13 @@ struct Host {
 }
 
 /// Typical values of a stock kernel on a 16 GiB machine, for every key of both presets.
-const STOCK: [(&str, &str); 21] = [
+const STOCK: [(&str, &str); 22] = [
     ("net.core.somaxconn", "4096"),
     ("net.ipv4.tcp_max_syn_backlog", "1024"),
     ("net.core.netdev_max_backlog", "1000"),
     ("net.ipv4.ip_local_port_range", "32768\t60999"),
+    // None reserved: the kernel prints an empty line.
+    ("net.ipv4.ip_local_reserved_ports", ""),
     ("net.ipv4.tcp_tw_reuse", "2"),
     ("net.ipv4.tcp_max_tw_buckets", "65536"),
     ("net.ipv4.tcp_fin_timeout", "60"),
@@ -82,11 +84,12 @@ const STOCK: [(&str, &str); 21] = [
 ];
 
 /// A host already tuned past both presets, each key in the direction the preset tunes it.
-const TUNED: [(&str, &str); 21] = [
+const TUNED: [(&str, &str); 22] = [
     ("net.core.somaxconn", "131072"),
     ("net.ipv4.tcp_max_syn_backlog", "131072"),
     ("net.core.netdev_max_backlog", "250000"),
     ("net.ipv4.ip_local_port_range", "1000\t65535"),
+    ("net.ipv4.ip_local_reserved_ports", "8000-8999,19000-19100"),
     ("net.ipv4.tcp_tw_reuse", "1"),
     ("net.ipv4.tcp_max_tw_buckets", "4000000"),
     ("net.ipv4.tcp_fin_timeout", "10"),
@@ -435,6 +438,10 @@ fn apply_raises_a_stock_host_and_a_second_apply_changes_nothing() {
             ("net.core.somaxconn", "65535"),
             ("net.ipv4.tcp_rmem", "4096 131072 16777216"),
             ("net.ipv4.ip_local_port_range", "1024 65535"),
+            (
+                "net.ipv4.ip_local_reserved_ports",
+                "8300-8302,8443,8500-8503,8600,19000,19100",
+            ),
             ("net.ipv4.tcp_tw_reuse", "1"),
             ("net.ipv4.tcp_fin_timeout", "15"),
             ("net.ipv4.tcp_slow_start_after_idle", "0"),
@@ -473,6 +480,47 @@ fn apply_raises_a_stock_host_and_a_second_apply_changes_nothing() {
             content,
             "second apply rewrote the persisted file differently"
         );
+    });
+}
+
+/// Reserved ports are a set: apply adds the preset's to the host's (merged the way the
+/// kernel prints them), never drops one the host reserves, and refuses a value that is not
+/// a port list.
+#[test]
+fn reserved_ports_are_the_union_of_host_and_preset() {
+    run_bounded("reserved_ports", Duration::from_secs(60), || {
+        let key = "net.ipv4.ip_local_reserved_ports";
+        let mut values = STOCK;
+        values[4] = (key, "8303,8443-8450,19100,30000");
+        let host = Host::new(&values, MEM_TOTAL_KB_BIG);
+        let apply = host.tune(&["apply", "edge-gateway"]);
+        assert_eq!(apply.code, Some(0), "apply: {}", apply.both());
+        assert_eq!(
+            host.value(key).as_deref(),
+            Some("8300-8303,8443-8450,8500-8503,8600,19000,19100,30000"),
+            "{}",
+            apply.both()
+        );
+        let check = host.tune(&["check", "edge-gateway"]);
+        assert_eq!(check.code, Some(0), "check after apply: {}", check.both());
+        assert!(
+            check
+                .stdout
+                .iter()
+                .any(|l| l.starts_with(key) && l.ends_with("kept")),
+            "{}",
+            check.both()
+        );
+
+        values[4] = (key, "8443,not-a-port");
+        let host = Host::new(&values, MEM_TOTAL_KB_BIG);
+        let diff = host.tune(&["diff", "edge-gateway"]);
+        assert!(
+            diff.out().contains(key) && diff.out().contains("not a list of ports"),
+            "{}",
+            diff.both()
+        );
+        assert!(!diff.out().contains(&format!("{key}: 8443,not-a-port ->")));
     });
 }
 
