@@ -648,9 +648,17 @@ fn two_dc(envoy: PathBuf) {
                     .find(|r| r.sni == dc1_wildcard)
                     .map(|r| format!("{:?}", r.endpoints))
             });
+            // A table loaded anew restarts round robin at the first endpoint.
+            let log = gw2.meshgate.log();
+            let loads: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("routes loaded"))
+                .collect();
             panic!(
                 "40 connections and not one tried the stopped gateway; dc2's table for dc1: \
-                 {table:?}; dc2's gateway's counters:\n{}",
+                 {table:?}; dc2's gateway loaded {} tables, the last: {:?}; its counters:\n{}",
+                loads.len(),
+                loads.last(),
                 body.lines()
                     .filter(|l| l.starts_with("meshgate_upstream") || l.contains("route"))
                     .filter(|l| !l.starts_with('#'))
