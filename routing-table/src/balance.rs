@@ -25,7 +25,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::table::{Route, RouteId, Table};
+use crate::table::{PatternKind, Route, RouteId, Table};
 
 /// How a route chooses among its endpoints.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -56,6 +56,27 @@ pub fn in_panic(route: &Route, threshold_percent: u8) -> bool {
 /// the route is in panic (`in_panic` as computed by [`in_panic`]).
 pub fn eligible(route: &Route, index: usize, in_panic: bool) -> bool {
     in_panic || route.endpoints.get(index).is_some_and(|e| e.healthy)
+}
+
+/// The index in `old` of the route with `route`'s name (it is route `i` of
+/// its own table): index `i + shift` or `i` when the name is there, else
+/// what a lookup of the name finds, if that has the same name.
+fn find_same(old: &Table, i: usize, shift: isize, route: &Route) -> Option<usize> {
+    for j in [i.checked_add_signed(shift), Some(i)].into_iter().flatten() {
+        if old.routes().get(j).is_some_and(|r| r.sni == route.sni) {
+            return Some(j);
+        }
+    }
+    let found = match route.kind {
+        PatternKind::Exact => old.lookup(route.sni.as_bytes()),
+        // `*.suffix` matches `x.suffix` (an exact `x.suffix` would win; then
+        // the names differ and nothing is carried).
+        PatternKind::Wildcard => {
+            let name = format!("x{}", route.sni.strip_prefix('*')?);
+            old.lookup(name.as_bytes())
+        }
+    }?;
+    (found.route.sni == route.sni).then_some(found.id.index())
 }
 
 /// Per-route state: where its endpoints' slots are and what it needs to pick.
@@ -213,6 +234,51 @@ impl Balancer {
                 }
             }
         })
+    }
+
+    /// Keeps round robin where it was, across a table swap, for every route
+    /// of `new` that is unchanged in `old` (same name, policy and endpoints:
+    /// addresses, weights and health), so that a swap does not send each
+    /// such route's next connection to its first endpoint. `self` is the
+    /// balancer just built for `new`, `previous` the one built for `old`;
+    /// routes that changed start afresh. Only routes with more than one
+    /// endpoint on round robin are looked at: each is found in `old` at the
+    /// index the previous one was found at, shifted alike, or at its own, or
+    /// by one lookup of its name (a wildcard by a name it matches); nothing
+    /// is allocated but that name for a wildcard.
+    pub fn carry_round_robin(&mut self, previous: &Balancer, old: &Table, new: &Table) {
+        if previous.routes.len() != old.routes().len() || self.routes.len() != new.routes().len() {
+            return;
+        }
+        // Where the last route found was, relative to its new index: after
+        // routes were added or removed, the ones behind them are all shifted
+        // by the same amount.
+        let mut shift = 0isize;
+        for (i, route) in new.routes().iter().enumerate() {
+            if route.endpoints.len() < 2 || route.lb_policy != LbPolicy::RoundRobin {
+                continue;
+            }
+            let Some(j) = find_same(old, i, shift, route) else {
+                continue;
+            };
+            shift = j as isize - i as isize;
+            let was_route = &old.routes()[j];
+            if was_route.lb_policy != LbPolicy::RoundRobin || was_route.endpoints != route.endpoints
+            {
+                continue;
+            }
+            let (now, was) = (self.routes[i], previous.routes[j]);
+            if now.len != was.len || now.panic != was.panic {
+                continue;
+            }
+            let from = &previous.slots[was.start..was.start + was.len];
+            for (slot, kept) in self.slots[now.start..now.start + now.len]
+                .iter_mut()
+                .zip(from)
+            {
+                slot.current = kept.current;
+            }
+        }
     }
 
     /// Whether route `id` is in panic (its unhealthy endpoints take
@@ -411,6 +477,69 @@ mod tests {
             let mut b = Balancer::new(&t, 1);
             assert!((0..10).all(|_| b.pick(&t, RouteId(0)) == Some(0)));
         }
+    }
+
+    #[test]
+    fn round_robin_goes_on_across_a_swap_of_an_unchanged_route() {
+        let old = table("round_robin", &[1, 1, 1]);
+        let mut b = Balancer::new(&old, 1);
+        assert_eq!(b.pick(&old, MANY), Some(0));
+        assert_eq!(b.pick(&old, MANY), Some(1));
+        // The same routes, parsed again: the next pick is the third endpoint.
+        let same = table("round_robin", &[1, 1, 1]);
+        let mut next = Balancer::new(&same, 1);
+        next.carry_round_robin(&b, &old, &same);
+        assert_eq!(next.pick(&same, MANY), Some(2));
+        assert_eq!(next.pick(&same, MANY), Some(0));
+        // Weights changed: the route starts afresh.
+        let changed = table("round_robin", &[1, 1, 2]);
+        let mut fresh = Balancer::new(&changed, 1);
+        fresh.carry_round_robin(&next, &same, &changed);
+        let mut from_scratch = Balancer::new(&changed, 1);
+        for _ in 0..8 {
+            assert_eq!(
+                fresh.pick(&changed, MANY),
+                from_scratch.pick(&changed, MANY)
+            );
+        }
+        // The route moved (another one inserted before it): found by name.
+        let moved = Table::parse(
+            "[[routes]]\nsni = \"first.x\"\nendpoints = [\"10.9.9.8:1\"]\n\
+             [[routes]]\nsni = \"one.x\"\nendpoints = [\"10.9.9.9:1\"]\n\
+             [[routes]]\nsni = \"many.x\"\nendpoints = [\"10.0.0.1:80\", \"10.0.0.2:80\", \"10.0.0.3:80\"]\n",
+            Format::Toml,
+        )
+        .unwrap();
+        let mut after_move = Balancer::new(&moved, 1);
+        after_move.carry_round_robin(&next, &same, &moved);
+        assert_eq!(after_move.pick(&moved, RouteId(2)), Some(1));
+        // A wildcard route, found by a name it matches after it moved.
+        let wild = |first: bool| {
+            let extra = if first {
+                "[[routes]]\nsni = \"a.x\"\nendpoints = [\"10.9.9.8:1\"]\n"
+            } else {
+                ""
+            };
+            Table::parse(
+                &format!(
+                    "{extra}[[routes]]\nsni = \"*.dc2.x\"\n\
+                     endpoints = [\"10.0.0.1:80\", \"10.0.0.2:80\"]\n"
+                ),
+                Format::Toml,
+            )
+            .unwrap()
+        };
+        let (w0, w1) = (wild(false), wild(true));
+        let mut b0 = Balancer::new(&w0, 1);
+        assert_eq!(b0.pick(&w0, RouteId(0)), Some(0));
+        let mut b1 = Balancer::new(&w1, 1);
+        b1.carry_round_robin(&b0, &w0, &w1);
+        assert_eq!(b1.pick(&w1, RouteId(1)), Some(1));
+        // Another policy: nothing carried, nothing panics.
+        let random = table("random", &[1, 1, 1]);
+        let mut r = Balancer::new(&random, 1);
+        r.carry_round_robin(&next, &same, &random);
+        assert!(r.pick(&random, MANY).is_some());
     }
 
     #[test]

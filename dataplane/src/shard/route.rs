@@ -24,11 +24,14 @@ impl<D: Driver> Shard<D> {
         let current = self.table_cache.load();
         if !Arc::ptr_eq(current, &self.epoch.table) {
             let table = Arc::clone(current);
-            self.balancer = Balancer::with_panic_threshold(
+            let mut balancer = Balancer::with_panic_threshold(
                 &table,
                 self.cfg.id as u64 + self.now_ms,
                 self.cfg.panic_threshold,
             );
+            // Unchanged routes keep their round robin position.
+            balancer.carry_round_robin(&self.balancer, &self.epoch.table, &table);
+            self.balancer = balancer;
             self.routes.new_table(table.len());
             self.epoch = Rc::new(Epoch {
                 table,
