@@ -470,22 +470,7 @@ fn syscall_error(e: aya::maps::MapError) -> io::Error {
 /// # Errors
 /// As `setsockopt(2)`.
 pub fn release_queued(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: `fd` is borrowed for the call; `one` lives across it and the
-    // length given is its size.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&one as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    crate::sys::set_recv_lowat(fd, 1)
 }
 
 /// Makes the kernel run the send work of `fd`'s psock again: the work that
@@ -498,36 +483,8 @@ pub fn release_queued(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// # Errors
 /// As `getsockopt(2)`/`setsockopt(2)`.
 pub fn kick(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let mut value: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `fd` is borrowed for the call; `value` and `len` are live
-    // locals and `len` is `value`'s size.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&mut value as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: as above; `value` lives across the call.
-    let ret = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            (&value as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if ret < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    let value = crate::sys::getsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT)?;
+    crate::sys::setsockopt_int(fd, libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, value)
 }
 
 /// `SO_COOKIE`: the kernel's 64-bit identity of a socket.

@@ -85,7 +85,36 @@ pub fn pipe_len(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(n as usize)
 }
 
-fn setsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32, value: i32) -> io::Result<()> {
+/// Reads an `int` socket option.
+///
+/// # Errors
+/// The kernel's.
+pub(crate) fn getsockopt_int(fd: BorrowedFd<'_>, level: i32, name: i32) -> io::Result<i32> {
+    let mut value: i32 = 0;
+    let mut len = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are live locals and `len` is `value`'s size.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&mut value as *mut i32).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Sets an `int` socket option.
+///
+/// # Errors
+/// The kernel's.
+pub(crate) fn setsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    name: i32,
+    value: i32,
+) -> io::Result<()> {
     // SAFETY: the option value is a live int and its exact size is passed.
     cvt(unsafe {
         libc::setsockopt(

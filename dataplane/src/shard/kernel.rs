@@ -18,7 +18,7 @@ use std::os::fd::{AsFd, AsRawFd};
 
 use tracing::{debug, warn};
 
-use super::{write_kind, Conn, Phase, Shard, KERNEL_RETRY_MS};
+use super::{ends, failure, write_kind, Conn, Phase, Shard, KERNEL_RETRY_MS};
 use crate::driver::{Completion, Driver, Interest, Token};
 use crate::sockmap::{self, Maps, ShardMap};
 use crate::stats::CloseReason;
@@ -48,6 +48,15 @@ impl Held {
             start: 0,
             end: 0,
         }
+    }
+}
+
+/// Keeps an emptied buffer for the next diverted direction, up to
+/// [`SPARE_HELD`] of them.
+#[allow(clippy::vec_box)]
+fn put_back(spare: &mut Vec<Box<Held>>, held: Option<Box<Held>>) {
+    if spare.len() < SPARE_HELD {
+        spare.extend(held);
     }
 }
 
@@ -134,15 +143,6 @@ fn written_into(dst: std::os::fd::BorrowedFd<'_>, upstream: bool) -> io::Result<
     Ok((acked + queued).saturating_sub(syn_bytes(upstream)))
 }
 
-/// Why a connection closes when direction `d`'s socket on `side` fails.
-fn failure(d: usize, source: bool) -> CloseReason {
-    if (d == 0) == source {
-        CloseReason::ClientError
-    } else {
-        CloseReason::UpstreamError
-    }
-}
-
 impl<D: Driver> Shard<D> {
     /// Connected: puts both sockets into the map, releases the bytes queued
     /// before (the ClientHello), and waits for each side's FIN.
@@ -165,9 +165,7 @@ impl<D: Driver> Shard<D> {
                 // established (the kernel takes only those: a client that sent
                 // its FIN right behind its hello, an upstream that closed at
                 // once); anything else (a full map) is warned about.
-                if e.raw_os_error() != Some(libc::EOPNOTSUPP) && self.now_ms >= self.next_warning_ms
-                {
-                    self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
+                if e.raw_os_error() != Some(libc::EOPNOTSUPP) && self.warning_due() {
                     warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot put a connection into the map; forwarding it with splice");
                 }
                 debug!(shard = self.cfg.id, error = %e, "connection not paired; forwarding it with splice");
@@ -197,8 +195,7 @@ impl<D: Driver> Shard<D> {
             .and_then(|()| sockmap::release_queued(upstream.as_fd()));
         if let Err(e) = released {
             self.stats.upstream_socket_errors.add(1);
-            if self.now_ms >= self.next_warning_ms {
-                self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
+            if self.warning_due() {
                 warn!(shard = self.cfg.id, error = %e, "--forward sockmap: cannot release the queued ClientHello; closing the connection");
             }
             return self.close(slot, generation, CloseReason::Resource);
@@ -282,14 +279,16 @@ impl<D: Driver> Shard<D> {
         let Some(conn) = self.conns.get_mut(slot, generation) else {
             return;
         };
-        warn!(
-            shard = self.cfg.id,
-            dir = d,
-            "--forward sockmap: a segment could not be forwarded whole; resetting the connection"
-        );
         let _ = sys::set_linger_zero(conn.client.as_fd());
         if let Some(up) = conn.upstream.as_ref() {
             let _ = sys::set_linger_zero(up.as_fd());
+        }
+        if self.warning_due() {
+            warn!(
+                shard = self.cfg.id,
+                dir = d,
+                "--forward sockmap: a segment could not be forwarded whole; resetting the connection"
+            );
         }
         self.close(slot, generation, CloseReason::Resource);
     }
@@ -322,12 +321,8 @@ impl<D: Driver> Shard<D> {
         }
         let failed = c.result < 0 || c.result & i32::from(libc::POLLERR) != 0;
         if failed {
-            let src = if d == 0 {
-                Some(conn.client.as_fd())
-            } else {
-                conn.upstream.as_ref().map(|u| u.as_fd())
-            };
-            let error = src.and_then(|fd| sys::take_socket_error(fd).ok().flatten());
+            let error = ends(&conn.client, conn.upstream.as_ref(), d)
+                .and_then(|(src, _)| sys::take_socket_error(src).ok().flatten());
             debug!(
                 shard = self.cfg.id,
                 dir = d,
@@ -366,13 +361,8 @@ impl<D: Driver> Shard<D> {
             // The queue was found empty at the FIN: only the drain is left.
             return self.drain_kernel(slot, generation, d);
         }
-        let Some(upstream) = conn.upstream.as_ref() else {
+        let Some((src, dst)) = ends(&conn.client, conn.upstream.as_ref(), d) else {
             return;
-        };
-        let (src, dst) = if d == 0 {
-            (conn.client.as_fd(), upstream.as_fd())
-        } else {
-            (upstream.as_fd(), conn.client.as_fd())
         };
         let Some(k) = self.kernel_conns.get_mut(&slot).map(|k| &mut **k) else {
             return;
@@ -460,10 +450,7 @@ impl<D: Driver> Shard<D> {
             });
             match sys::recv(src, &mut held.data, false) {
                 Ok(0) => {
-                    let held = k.held[d].take();
-                    if self.spare_held.len() < SPARE_HELD {
-                        self.spare_held.extend(held);
-                    }
+                    put_back(&mut self.spare_held, k.held[d].take());
                     conn.dirs[d].hangup = true;
                     conn.last_active_ms = self.now_ms;
                     if moved > 0 {
@@ -477,10 +464,7 @@ impl<D: Driver> Shard<D> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Quiet again: the buffer goes back for the next one.
-                    let held = k.held[d].take();
-                    if self.spare_held.len() < SPARE_HELD {
-                        self.spare_held.extend(held);
-                    }
+                    put_back(&mut self.spare_held, k.held[d].take());
                     break Wait::Quiet;
                 }
                 Err(e) => {
@@ -556,25 +540,15 @@ impl<D: Driver> Shard<D> {
         if !matches!(conn.phase, Phase::Forwarding) || conn.dirs[d].is_done() {
             return;
         }
-        let Some(upstream) = conn.upstream.as_ref() else {
+        let Some((src, dst)) = ends(&conn.client, conn.upstream.as_ref(), d) else {
             return;
-        };
-        let (src, dst) = if d == 0 {
-            (conn.client.as_fd(), upstream.as_fd())
-        } else {
-            (upstream.as_fd(), conn.client.as_fd())
         };
         let (Ok(from), Ok(to), Ok(unacked)) = (
             sockmap::counts(src),
             sockmap::counts(dst),
             sockmap::unacked(dst),
         ) else {
-            let reason = if d == 0 {
-                CloseReason::ClientError
-            } else {
-                CloseReason::UpstreamError
-            };
-            return self.close(slot, generation, reason);
+            return self.close(slot, generation, failure(d, true));
         };
         // The source's count holds its FIN; the destination's its SYN if
         // it connected (the upstream, for d == 0).

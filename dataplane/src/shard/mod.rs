@@ -18,7 +18,7 @@
 //!    released before its completion is reaped.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ pub struct ShardConfig {
     pub drain_timeout: Duration,
     /// Where finished connections are logged, if anywhere.
     pub access_log: Option<AccessLog>,
-    /// The sockmap engine's map ([`crate::sockmap::Program::map`]), when
+    /// The sockmap engine's maps ([`crate::sockmap::Program::maps`]), when
     /// `forward` is [`ForwardMode::Sockmap`].
     pub sockmap: Option<crate::sockmap::Maps>,
 }
@@ -171,6 +171,33 @@ impl Conn {
             ForwardMode::Sockmap if !self.kernel => ForwardMode::Splice,
             mode => mode,
         }
+    }
+}
+
+/// Direction `d`'s source and destination sockets (0: client to upstream,
+/// 1: upstream to client); `None` before the upstream exists. Takes the
+/// connection's two fields, not the connection, so that its other fields
+/// stay free to change meanwhile.
+fn ends<'a>(
+    client: &'a OwnedFd,
+    upstream: Option<&'a OwnedFd>,
+    d: usize,
+) -> Option<(BorrowedFd<'a>, BorrowedFd<'a>)> {
+    let (client, upstream) = (client.as_fd(), upstream?.as_fd());
+    Some(if d == 0 {
+        (client, upstream)
+    } else {
+        (upstream, client)
+    })
+}
+
+/// Why a connection closes when a socket of direction `d` fails: its
+/// source (`source`) or its destination.
+fn failure(d: usize, source: bool) -> CloseReason {
+    if (d == 0) == source {
+        CloseReason::ClientError
+    } else {
+        CloseReason::UpstreamError
     }
 }
 
@@ -363,6 +390,16 @@ impl<D: Driver> Shard<D> {
         }
     }
 
+    /// Whether a rate-limited warning may be logged now (at most one per
+    /// [`WARN_EVERY_MS`] per shard); if so, the next one waits that long.
+    fn warning_due(&mut self) -> bool {
+        if self.now_ms < self.next_warning_ms {
+            return false;
+        }
+        self.next_warning_ms = self.now_ms + WARN_EVERY_MS;
+        true
+    }
+
     fn next_timeout(&self) -> Option<Duration> {
         if self.kernel_retry_at.is_some_and(|at| at <= self.now_ms) {
             return Some(Duration::ZERO);
@@ -526,8 +563,7 @@ impl<D: Driver> Shard<D> {
                     if !c.more && matches!(code, libc::EMFILE | libc::ENFILE) {
                         self.shed_backlog(index);
                     }
-                    if self.now_ms >= self.next_warning_ms {
-                        self.next_warning_ms = self.now_ms + WARN_EVERY_MS;
+                    if self.warning_due() {
                         warn!(
                             shard = self.cfg.id,
                             error = %e,
@@ -605,8 +641,7 @@ impl<D: Driver> Shard<D> {
             return;
         }
         self.stats.pipe_errors.set(failures);
-        if self.now_ms >= self.next_warning_ms {
-            self.next_warning_ms = self.now_ms + WARN_EVERY_MS;
+        if self.warning_due() {
             warn!(
                 shard = self.cfg.id,
                 error = ?self.pipes.last_error(),

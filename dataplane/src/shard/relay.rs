@@ -1,9 +1,9 @@
 //! The Forwarding phase: arms each direction's next operation and turns
 //! its completions into the next step (see [`crate::forward`]).
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsRawFd;
 
-use super::{read_kind, write_kind, Phase, Shard, Starved};
+use super::{ends, failure, read_kind, write_kind, Phase, Shard, Starved};
 use crate::driver::{Completion, Driver, Group, Interest, OpKind, Token};
 use crate::forward::{ForwardMode, Step, Switch};
 use crate::stats::CloseReason;
@@ -56,13 +56,8 @@ impl<D: Driver> Shard<D> {
         // Adaptive: this direction copies or splices, as it last chose.
         let adaptive = mode == ForwardMode::Adaptive;
         let mode = conn.dirs[d].mode(mode);
-        let Some(upstream) = conn.upstream.as_ref() else {
+        let Some((src, dst)) = ends(&conn.client, conn.upstream.as_ref(), d) else {
             return;
-        };
-        let (src, dst) = if d == 0 {
-            (conn.client.as_fd(), upstream.as_fd())
-        } else {
-            (upstream.as_fd(), conn.client.as_fd())
         };
         let is_read = kind == read_kind(d);
         let before = conn.dirs[d].bytes;
@@ -201,22 +196,8 @@ impl<D: Driver> Shard<D> {
             }
             Step::PipeLimit => self.starved.push((slot, generation, Starved::Dir(d))),
             Step::Wait => {}
-            Step::SourceFailed => {
-                let reason = if d == 0 {
-                    CloseReason::ClientError
-                } else {
-                    CloseReason::UpstreamError
-                };
-                self.close(slot, generation, reason)
-            }
-            Step::DestinationFailed => {
-                let reason = if d == 0 {
-                    CloseReason::UpstreamError
-                } else {
-                    CloseReason::ClientError
-                };
-                self.close(slot, generation, reason)
-            }
+            Step::SourceFailed => self.close(slot, generation, failure(d, true)),
+            Step::DestinationFailed => self.close(slot, generation, failure(d, false)),
         }
     }
 

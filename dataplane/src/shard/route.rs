@@ -188,8 +188,7 @@ impl<D: Driver> Shard<D> {
             Ok(fd) => fd,
             Err(e) => {
                 self.stats.upstream_socket_errors.add(1);
-                if self.now_ms >= self.next_warning_ms {
-                    self.next_warning_ms = self.now_ms + super::WARN_EVERY_MS;
+                if self.warning_due() {
                     warn!(
                         shard = self.cfg.id,
                         error = %e,
