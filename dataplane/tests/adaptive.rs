@@ -60,13 +60,7 @@ fn switches(gw: &Gateway) -> (u64, u64) {
 fn bursts_and_small_messages_switch_and_stay_identical(forward: Forward) {
     let e = RawBackend::start("e", "127.0.0.1:0", RawMode::Echo).unwrap();
     let (_routes, gw) = adaptive_gateway(forward, e.addr());
-    let hello = client_hello(Some(&sni("api", "dc1")), 0);
-    let mut client = tcp_connect(gw.addr());
-    client.write_all(&hello).unwrap();
-    assert_eq!(
-        read_exactly(&mut client, hello.len(), "echoed hello"),
-        hello
-    );
+    let mut client = connect_echoed(gw.addr(), &sni("api", "dc1"), 0);
     // The hello and the first small messages: both directions copy.
     small_messages(&mut client, 0, "before any burst");
     assert_eq!(switches(&gw), (0, 0), "switched before anything streamed");

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
@@ -23,14 +22,7 @@ fn sockets_to(peer: std::net::SocketAddr) -> String {
 }
 
 fn connect_through(gw: &Gateway, name: &str) -> TcpStream {
-    let hello = client_hello(Some(name), 1);
-    let mut stream = tcp_connect(gw.addr());
-    stream.write_all(&hello).unwrap();
-    assert_eq!(
-        read_exactly(&mut stream, hello.len(), "echoed hello"),
-        hello
-    );
-    stream
+    connect_echoed(gw.addr(), name, 1)
 }
 
 #[test]

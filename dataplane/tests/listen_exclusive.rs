@@ -48,13 +48,7 @@ fn a_second_gateway_on_a_taken_address_exits_73() {
 
             // Every connection still reaches the first gateway's backend.
             for i in 0..10 {
-                let hello = client_hello(Some(&name), i);
-                let mut stream = tcp_connect(addr);
-                std::io::Write::write_all(&mut stream, &hello).unwrap();
-                assert_eq!(
-                    read_exactly(&mut stream, hello.len(), "echoed hello"),
-                    hello
-                );
+                connect_echoed(addr, &name, i);
             }
             first.assert_running();
         },

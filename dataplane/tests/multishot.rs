@@ -61,13 +61,7 @@ fn gateway(upstream: SocketAddr, recv: &str, extra: &[&str]) -> (RoutesFile, Gat
 fn receives_for_small_messages(recv: &str) -> (u64, u64) {
     let echo = RawBackend::start("e", "127.0.0.1:0", RawMode::Echo).unwrap();
     let (_routes, gw) = gateway(echo.addr(), recv, &[]);
-    let hello = client_hello(Some(&sni("api", "dc1")), 0);
-    let mut client = tcp_connect(gw.addr());
-    client.write_all(&hello).unwrap();
-    assert_eq!(
-        read_exactly(&mut client, hello.len(), "echoed hello"),
-        hello
-    );
+    let mut client = connect_echoed(gw.addr(), &sni("api", "dc1"), 0);
     for i in 0..MESSAGES {
         let message = Pattern::bytes(i as u64, 64);
         client.write_all(&message).unwrap();
@@ -256,13 +250,7 @@ fn adaptive_switches_with_multishot_receives() {
             opts.extra_args = vec!["--admin".into(), "127.0.0.1:0".into()];
             let gw = Gateway::start(&opts);
             let metric = |key: &str| Metrics::read(gw.admin_addr()).get(key);
-            let hello = client_hello(Some(&name), 0);
-            let mut client = tcp_connect(gw.addr());
-            client.write_all(&hello).unwrap();
-            assert_eq!(
-                read_exactly(&mut client, hello.len(), "echoed hello"),
-                hello
-            );
+            let mut client = connect_echoed(gw.addr(), &name, 0);
             for round in 1..=3u64 {
                 // A burst: each direction stops its multishot receive, sends what it
                 // holds, and moves to splice.

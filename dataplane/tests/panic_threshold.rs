@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -57,13 +56,7 @@ fn spread(threshold: &str, healthy: [bool; 3]) -> (Vec<usize>, String) {
     ];
     let gw = Gateway::start(&opts);
     for i in 0..CONNECTIONS {
-        let hello = client_hello(Some(&name), i);
-        let mut stream = tcp_connect(gw.addr());
-        stream.write_all(&hello).unwrap();
-        assert_eq!(
-            read_exactly(&mut stream, hello.len(), "echoed hello"),
-            hello
-        );
+        connect_echoed(gw.addr(), &name, i);
     }
     let (status, body) = http_get(gw.admin_addr(), "/routes");
     assert_eq!(status, 200, "{body}");

@@ -7,21 +7,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::time::Duration;
 
 use common::*;
-
-/// Opens one connection to `name` and waits for its echoed hello.
-fn connect_once(gw: &Gateway, name: &str, i: usize) {
-    let hello = client_hello(Some(name), i);
-    let mut stream = tcp_connect(gw.addr());
-    stream.write_all(&hello).unwrap();
-    assert_eq!(
-        read_exactly(&mut stream, hello.len(), "echoed hello"),
-        hello
-    );
-}
 
 #[test]
 fn a_reload_between_connections_keeps_round_robin_going() {
@@ -41,7 +29,7 @@ fn a_reload_between_connections_keeps_round_robin_going() {
             opts.shards = 1;
             let gw = Gateway::start(&opts);
             for i in 0..9 {
-                connect_once(&gw, &name, i);
+                connect_echoed(gw.addr(), &name, i);
                 // Another route changes; api does not.
                 let version = i as u64 + 2;
                 let other = Route::new(&sni(&format!("other{i}"), "dc1"), [unreachable]);

@@ -216,6 +216,19 @@ pub fn read_to_eof(stream: &mut impl Read, what: &str) -> Vec<u8> {
 
 /// Writes `len` bytes of pattern `seed` (in 128 KiB chunks) from another thread while this
 /// one reads the echo, and checks it came back unaltered; a short read, a reset or a
+/// Connects to `addr`, sends a ClientHello for `name` (with `padding` extra
+/// bytes), and waits for an echo upstream to send it back; returns the stream.
+pub fn connect_echoed(addr: std::net::SocketAddr, name: &str, padding: usize) -> TcpStream {
+    let hello = client_hello(Some(name), padding);
+    let mut stream = tcp_connect(addr);
+    stream.write_all(&hello).unwrap();
+    assert_eq!(
+        read_exactly(&mut stream, hello.len(), "echoed hello"),
+        hello
+    );
+    stream
+}
+
 /// changed byte is a panic naming `what`.
 pub fn echo_burst(client: &mut TcpStream, seed: u64, len: usize, what: &str) {
     let mut writer = client.try_clone().expect("clone the client socket");
