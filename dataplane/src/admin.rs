@@ -148,7 +148,7 @@ type Getter = fn(&ShardStats) -> u64;
 pub fn metrics(state: &AdminState) -> String {
     let mut out = String::with_capacity(4096);
     let sum = |f: fn(&ShardStats) -> u64| state.shards.iter().map(|s| f(s)).sum::<u64>();
-    let counters: [(&str, &str, Getter); 17] = [
+    let counters: [(&str, &str, Getter); 21] = [
         (
             "meshgate_connections_accepted_total",
             "Client connections accepted.",
@@ -234,6 +234,26 @@ pub fn metrics(state: &AdminState) -> String {
             "Bytes forwarded from upstreams to clients.",
             |s| s.bytes_to_client.get(),
         ),
+        (
+            "meshgate_sockmap_diverted_bytes_total",
+            "Sockmap engine: bytes over a direction's in-flight budget, passed to the gateway by the verdict program and written on by it (the sender's window closed meanwhile).",
+            |s| s.sockmap_diverted_bytes.get(),
+        ),
+        (
+            "meshgate_sockmap_repeated_bytes_total",
+            "Sockmap engine: bytes of retransmitted segments that repeated bytes already forwarded, cut off by the verdict program (TCP queues such a segment whole).",
+            |s| s.sockmap_repeated_bytes.get(),
+        ),
+        (
+            "meshgate_copy_receives_total",
+            "Copy engine: receives submitted (multishot: one per run of messages).",
+            |s| s.copy_receives.get(),
+        ),
+        (
+            "meshgate_copy_receive_completions_total",
+            "Copy engine: receive completions.",
+            |s| s.copy_receive_completions.get(),
+        ),
     ];
     for (name, help, f) in counters {
         let _ = writeln!(
@@ -242,23 +262,28 @@ pub fn metrics(state: &AdminState) -> String {
             sum(f)
         );
     }
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_connections_active Open client connections, per shard.\n# TYPE meshgate_connections_active gauge"
-    );
-    for (i, s) in state.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "meshgate_connections_active{{shard=\"{i}\"}} {}",
-            s.active.get()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_pipes Pipes held by the splice engine, per shard.\n# TYPE meshgate_pipes gauge"
-    );
-    for (i, s) in state.shards.iter().enumerate() {
-        let _ = writeln!(out, "meshgate_pipes{{shard=\"{i}\"}} {}", s.pipes.get());
+    let gauges: [(&str, &str, Getter); 3] = [
+        (
+            "meshgate_connections_active",
+            "Open client connections, per shard.",
+            |s| s.active.get(),
+        ),
+        (
+            "meshgate_pipes",
+            "Pipes held by the splice engine, per shard.",
+            |s| s.pipes.get(),
+        ),
+        (
+            "meshgate_copy_buffers_held",
+            "Copy engine: buffers held by connection directions, per shard.",
+            |s| s.copy_buffers_held.get(),
+        ),
+    ];
+    for (name, help, f) in gauges {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for (i, s) in state.shards.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", f(s));
+        }
     }
     let _ = writeln!(
         out,
@@ -273,33 +298,6 @@ pub fn metrics(state: &AdminState) -> String {
             out,
             "meshgate_direction_switches_total{{to=\"{to}\"}} {}",
             sum(f)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_sockmap_diverted_bytes_total Sockmap engine: bytes over a direction's in-flight budget, passed to the gateway by the verdict program and written on by it (the sender's window closed meanwhile).\n# TYPE meshgate_sockmap_diverted_bytes_total counter\nmeshgate_sockmap_diverted_bytes_total {}",
-        sum(|s| s.sockmap_diverted_bytes.get())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_sockmap_repeated_bytes_total Sockmap engine: bytes of retransmitted segments that repeated bytes already forwarded, cut off by the verdict program (TCP queues such a segment whole).\n# TYPE meshgate_sockmap_repeated_bytes_total counter\nmeshgate_sockmap_repeated_bytes_total {}",
-        sum(|s| s.sockmap_repeated_bytes.get())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_copy_receives_total Copy engine: receives submitted (multishot: one per run of messages).\n# TYPE meshgate_copy_receives_total counter\nmeshgate_copy_receives_total {}\n# HELP meshgate_copy_receive_completions_total Copy engine: receive completions.\n# TYPE meshgate_copy_receive_completions_total counter\nmeshgate_copy_receive_completions_total {}",
-        sum(|s| s.copy_receives.get()),
-        sum(|s| s.copy_receive_completions.get())
-    );
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_copy_buffers_held Copy engine: buffers held by connection directions, per shard.\n# TYPE meshgate_copy_buffers_held gauge"
-    );
-    for (i, s) in state.shards.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "meshgate_copy_buffers_held{{shard=\"{i}\"}} {}",
-            s.copy_buffers_held.get()
         );
     }
     if let Some(log) = &state.access_log {
